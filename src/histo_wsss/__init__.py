@@ -1,0 +1,1 @@
+"""Weakly supervised semantic segmentation of H&E histopathology patches."""

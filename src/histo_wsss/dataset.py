@@ -1,0 +1,159 @@
+"""The dataset contract: an image folder, a labels CSV in MHIST's format, optional pixel masks.
+
+The labels CSV has the columns ``Image Name`` (file name inside the image folder),
+``Majority Vote Label`` (a class name), optionally
+``Number of Annotators who Selected SSA (Out of 7)``, and optionally ``Partition``
+(``train``/``test``). Masks, when a mask folder is given, share the image's file stem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+NAME_COLUMN = "Image Name"
+LABEL_COLUMN = "Majority Vote Label"
+ANNOTATORS_COLUMN = "Number of Annotators who Selected SSA (Out of 7)"
+PARTITION_COLUMN = "Partition"
+PARTITIONS = ("train", "test")
+MAX_LISTED = 20
+
+
+class DatasetError(ValueError):
+    """A dataset that breaks the contract; the message lists every offending row."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset lives and how its labels are read."""
+
+    images: Path
+    labels: Path
+    classes: tuple[str, str]
+    positive_class: str
+    masks: Path | None = None
+
+    @classmethod
+    def from_config(cls, dataset: dict) -> DatasetSpec:
+        """Build from the ``dataset`` section of the workflow config."""
+        masks = dataset.get("masks")
+        return cls(
+            images=Path(dataset["images"]),
+            labels=Path(dataset["labels"]),
+            classes=tuple(dataset["classes"]),
+            positive_class=dataset["positive_class"],
+            masks=Path(masks) if masks else None,
+        )
+
+
+def _image_problem(path: Path) -> str | None:
+    """Return why ``path`` is not a readable RGB image, or None if it is one."""
+    if not path.is_file():
+        return f"image file not found: {path}"
+    try:
+        with Image.open(path) as img:
+            mode, size = img.mode, img.size
+    except (OSError, SyntaxError) as err:
+        return f"unreadable image {path}: {err}"
+    if mode != "RGB":
+        return f"image {path} has mode {mode}, expected RGB"
+    if min(size) < 1:
+        return f"image {path} is empty"
+    return None
+
+
+def _mask_problem(mask: Path, image: Path) -> str | None:
+    if not mask.is_file():
+        return f"mask file not found: {mask}"
+    try:
+        with Image.open(mask) as m, Image.open(image) as img:
+            if m.size != img.size:
+                (mw, mh), (iw, ih) = m.size, img.size
+                return f"mask {mask} is {mw}x{mh} px but the image is {iw}x{ih} px"
+    except (OSError, SyntaxError) as err:
+        return f"unreadable mask {mask}: {err}"
+    return None
+
+
+def load_labels(spec: DatasetSpec) -> pd.DataFrame:
+    """Read and validate the labels CSV; return one row per image, sorted by name.
+
+    Columns of the result: ``name`` (file stem), ``file``, ``label``, ``positive`` (0/1),
+    ``partition``, ``image`` and ``mask`` (paths; ``mask`` empty without a mask folder).
+    Every problem is collected first and raised as ONE :class:`DatasetError` that lists the
+    first 20 offending rows and their count.
+    """
+    if spec.positive_class not in spec.classes:
+        raise DatasetError(
+            f"positive_class {spec.positive_class!r} is not one of classes {list(spec.classes)}"
+        )
+    if not spec.labels.is_file():
+        raise DatasetError(f"{spec.labels}: labels file not found")
+    try:
+        table = pd.read_csv(spec.labels, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{spec.labels}: cannot parse CSV ({err})") from err
+    missing = [c for c in (NAME_COLUMN, LABEL_COLUMN) if c not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{spec.labels}: missing column(s) {missing}; found {list(table.columns)}"
+        )
+    if table.empty:
+        raise DatasetError(f"{spec.labels}: no rows")
+
+    names = table[NAME_COLUMN].str.strip()
+    duplicated = names.duplicated(keep=False)
+    stems = names.map(lambda n: Path(n).stem)
+    stem_clash = stems.duplicated(keep=False) & ~duplicated
+    partitions = (
+        table[PARTITION_COLUMN].str.strip().str.lower()
+        if PARTITION_COLUMN in table.columns
+        else pd.Series("train", index=table.index)
+    )
+    problems: list[str] = []
+    for i, name in names.items():
+        row = f"row {i + 2} ({name!r})"  # +2: header line and 1-based numbering
+        label = table.at[i, LABEL_COLUMN].strip()
+        errs = []
+        if not name:
+            errs.append("empty image name")
+        if duplicated[i]:
+            errs.append("duplicate image name")
+        if stem_clash[i]:
+            errs.append(f"file stem {stems[i]!r} is shared with another image")
+        if label not in spec.classes:
+            errs.append(f"unknown label {label!r} (expected one of {list(spec.classes)})")
+        if partitions[i] not in PARTITIONS:
+            errs.append(f"unknown partition {partitions[i]!r} (expected train or test)")
+        if name:
+            image = spec.images / name
+            if problem := _image_problem(image):
+                errs.append(problem)
+            elif spec.masks is not None and (
+                problem := _mask_problem(spec.masks / f"{stems[i]}.png", image)
+            ):
+                errs.append(problem)
+        problems.extend(f"{row}: {e}" for e in errs)
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED])
+        more = len(problems) - MAX_LISTED
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise DatasetError(
+            f"{spec.labels}: {len(problems)} problem(s) in the dataset:\n  {listed}{tail}"
+        )
+
+    out = pd.DataFrame(
+        {
+            "name": stems,
+            "file": names,
+            "label": table[LABEL_COLUMN].str.strip(),
+            "partition": partitions,
+        }
+    )
+    out["positive"] = (out["label"] == spec.positive_class).astype(int)
+    out["image"] = [str(spec.images / f) for f in out["file"]]
+    out["mask"] = [str(spec.masks / f"{s}.png") if spec.masks else "" for s in out["name"]]
+    return out.sort_values("name", kind="stable").reset_index(drop=True)

@@ -1,0 +1,88 @@
+"""Atomic file output and image input/output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as an ``HxWx3`` uint8 RGB array; raise ``ValueError`` naming the file."""
+    try:
+        with Image.open(path) as img:
+            if img.mode != "RGB":
+                raise ValueError(f"{path}: image mode is {img.mode}, expected RGB")
+            return np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: cannot read image ({err})") from err
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel mask as a boolean array (any non-zero pixel is foreground)."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L")) > 0
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: cannot read mask ({err})") from err
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 (or boolean, stored as 0/255) array as PNG, atomically and reproducibly."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype != np.uint8:
+        raise TypeError(f"{path}: expected uint8 or bool array, got {array.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> None:
+    """Write a table as CSV with ``\\n`` line endings, atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def write_json(path: str | os.PathLike, data: object) -> None:
+    """Write JSON with sorted keys and a trailing newline, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

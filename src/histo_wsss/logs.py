@@ -1,0 +1,30 @@
+"""Route a job's logging, warnings and progress bars into its Snakemake log file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
+
+
+@contextmanager
+def job_log(path: str | Path) -> Iterator[logging.Logger]:
+    """Send logging and stderr (tqdm bars, warnings, tracebacks) to ``path`` for the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", buffering=1) as stream, redirect_stderr(stream):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        try:
+            yield logging.getLogger("histo_wsss")
+        except BaseException:
+            logging.getLogger("histo_wsss").exception("job failed")
+            raise
+        finally:
+            root.removeHandler(handler)
+            logging.captureWarnings(False)

@@ -1,0 +1,22 @@
+"""Deterministic assignment of images to shard jobs.
+
+A shard is chosen from a stable hash of the image name, so adding images to a dataset changes
+only the shards the new images fall into; the others keep their inputs and are not rerun.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+
+def shard_of(name: str, n_shards: int) -> int:
+    """Return the shard index (0-based) of an image name."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    return zlib.crc32(name.encode("utf-8")) % n_shards
+
+
+def shard_names(names: Iterable[str], shard: int, n_shards: int) -> list[str]:
+    """Return the names that belong to ``shard``, sorted."""
+    return sorted(n for n in names if shard_of(n, n_shards) == shard)

@@ -1,0 +1,199 @@
+"""Macenko stain normalization (torchstain, numpy backend) and tissue masking.
+
+Background-only or otherwise failing images are never fatal: they keep their colours and are
+flagged in the QC table with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torchstain
+from skimage import color, morphology
+from tqdm import tqdm
+
+from histo_wsss.io import read_rgb, write_json, write_png
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StainParams:
+    """Macenko and tissue-mask parameters (keys of the ``stain`` config section)."""
+
+    io: float = 240.0
+    alpha: float = 1.0
+    beta: float = 0.15
+    luminance_threshold: float = 0.82
+    saturation_threshold: float = 0.07
+    min_tissue_px: int = 64
+    min_tissue_fraction: float = 0.05
+
+    @classmethod
+    def from_config(cls, stain: dict) -> StainParams:
+        """Take the fields of this class from the ``stain`` config section."""
+        return cls(**{k: stain[k] for k in cls.__dataclass_fields__ if k in stain})
+
+
+@dataclass(frozen=True)
+class StainTarget:
+    """Reference stain matrix (3x2, columns H and E) and 99th-percentile concentrations."""
+
+    stain_matrix: np.ndarray
+    max_concentrations: np.ndarray
+    source: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "stain_matrix": np.round(self.stain_matrix, 8).tolist(),
+            "max_concentrations": np.round(self.max_concentrations, 8).tolist(),
+            "source": list(self.source),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> StainTarget:
+        return cls(
+            np.asarray(data["stain_matrix"], dtype=float),
+            np.asarray(data["max_concentrations"], dtype=float),
+            list(data.get("source", [])),
+        )
+
+
+def tissue_mask(rgb: np.ndarray, params: StainParams = StainParams()) -> np.ndarray:
+    """Boolean mask of tissue: pixels that are not bright and unsaturated (white background).
+
+    Specks and holes smaller than ``min_tissue_px`` are removed and filled.
+    """
+    hsv = color.rgb2hsv(rgb)
+    background = (hsv[..., 2] > params.luminance_threshold) & (
+        hsv[..., 1] < params.saturation_threshold
+    )
+    tissue = morphology.remove_small_objects(~background, max_size=params.min_tissue_px - 1)
+    return morphology.remove_small_holes(tissue, max_size=params.min_tissue_px - 1)
+
+
+MACENKO_ERRORS = (ValueError, ArithmeticError, IndexError, np.linalg.LinAlgError, RuntimeWarning)
+
+
+@contextmanager
+def _strict_numpy():
+    """Turn numpy's silent NaN/empty-slice results into exceptions (caught as fallbacks)."""
+    with np.errstate(divide="raise", invalid="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
+
+
+def _normalizer():
+    return torchstain.normalizers.MacenkoNormalizer(backend="numpy")
+
+
+def fit_stains(rgb: np.ndarray, params: StainParams = StainParams()) -> StainTarget:
+    """Estimate an image's Macenko stain matrix and maximal concentrations."""
+    norm = _normalizer()
+    with _strict_numpy():
+        norm.fit(rgb, Io=params.io, alpha=params.alpha, beta=params.beta)
+    return StainTarget(np.asarray(norm.HERef, float), np.asarray(norm.maxCRef, float))
+
+
+def choose_target(
+    paths: Sequence[str | Path], params: StainParams = StainParams(), max_images: int = 50
+) -> StainTarget:
+    """Reference stains from training images: the median over up to ``max_images`` of them.
+
+    Images are taken in sorted order; those with too little tissue or a failing fit are skipped.
+    The median stain vectors are renormalised to unit length.
+    """
+    matrices, concentrations, used = [], [], []
+    for path in sorted(map(str, paths)):
+        if len(used) == max_images:
+            break
+        rgb = read_rgb(path)
+        if tissue_mask(rgb, params).mean() < params.min_tissue_fraction:
+            continue
+        try:
+            fit = fit_stains(rgb, params)
+        except MACENKO_ERRORS as err:
+            log.warning("stain target: skipping %s (%s)", path, err)
+            continue
+        matrices.append(fit.stain_matrix)
+        concentrations.append(fit.max_concentrations)
+        used.append(Path(path).name)
+    if not used:
+        raise ValueError("no training image has enough tissue to estimate a stain target")
+    matrix = np.median(np.stack(matrices), axis=0)
+    matrix /= np.linalg.norm(matrix, axis=0, keepdims=True)
+    return StainTarget(matrix, np.median(np.stack(concentrations), axis=0), used)
+
+
+def target_from_image(path: str | Path, params: StainParams = StainParams()) -> StainTarget:
+    """Reference stains from one named image (the ``stain.target`` config key)."""
+    try:
+        fit = fit_stains(read_rgb(path), params)
+    except MACENKO_ERRORS as err:
+        raise ValueError(f"{path}: cannot fit Macenko stains to the target image ({err})") from err
+    return StainTarget(fit.stain_matrix, fit.max_concentrations, [Path(path).name])
+
+
+def normalize(
+    rgb: np.ndarray, target: StainTarget, params: StainParams = StainParams()
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Normalize one image to ``target``.
+
+    Returns the normalized image (the input unchanged on fallback), its tissue mask and a QC
+    record with ``tissue_fraction``, ``normalized`` and ``reason`` (empty when normalized).
+    """
+    tissue = tissue_mask(rgb, params)
+    fraction = float(tissue.mean())
+    record = {"tissue_fraction": round(fraction, 6), "normalized": False, "reason": ""}
+    if fraction < params.min_tissue_fraction:
+        record["reason"] = f"tissue fraction {fraction:.3f} < {params.min_tissue_fraction}"
+        return rgb, tissue, record
+    norm = _normalizer()
+    norm.HERef, norm.maxCRef = target.stain_matrix, target.max_concentrations
+    try:
+        with _strict_numpy():
+            out, _, _ = norm.normalize(
+                I=rgb, Io=params.io, alpha=params.alpha, beta=params.beta, stains=False
+            )
+    except MACENKO_ERRORS as err:
+        record["reason"] = f"macenko failed: {type(err).__name__}: {err}"
+        return rgb, tissue, record
+    out = np.asarray(out)
+    if out.shape != rgb.shape:
+        record["reason"] = f"macenko returned shape {out.shape}, expected {rgb.shape}"
+        return rgb, tissue, record
+    record["normalized"] = True
+    return out.astype(np.uint8), tissue, record
+
+
+def normalize_images(
+    names: Sequence[str],
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    target: StainTarget,
+    params: StainParams = StainParams(),
+) -> pd.DataFrame:
+    """Normalize a shard of images into ``out_dir/images`` and ``out_dir/tissue`` (PNG).
+
+    Tissue masks are stored as 0/255. Returns the shard's QC table, one row per image.
+    """
+    out_dir = Path(out_dir)
+    rows = []
+    for name, path in tqdm(list(zip(names, images, strict=True)), desc="normalize", unit="img"):
+        out, tissue, record = normalize(read_rgb(path), target, params)
+        write_png(out_dir / "images" / f"{name}.png", out)
+        write_png(out_dir / "tissue" / f"{name}.png", tissue)
+        rows.append({"name": name, **record})
+    columns = ["name", "tissue_fraction", "normalized", "reason"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def save_target(path: str | Path, target: StainTarget) -> None:
+    write_json(path, target.to_json())

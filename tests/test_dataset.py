@@ -1,0 +1,123 @@
+"""The labels CSV contract: every kind of bad input gives one clear error naming the rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from histo_wsss.dataset import ANNOTATORS_COLUMN, DatasetError, DatasetSpec, load_labels
+
+HEADER = ["Image Name", "Majority Vote Label", ANNOTATORS_COLUMN, "Partition"]
+
+
+def _image(path, mode="RGB", size=(16, 12)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    data = np.random.default_rng(0).integers(0, 255, (size[1], size[0], channels), np.uint8)
+    Image.fromarray(data.squeeze(), mode=None).convert(mode).save(path)
+
+
+def _dataset(tmp_path, rows, masks=False):
+    """Write a labels CSV of ``rows`` = (name, label, partition); create RGB images for them."""
+    for name, *_ in rows:
+        _image(tmp_path / "images" / name)
+        if masks:
+            _image(tmp_path / "masks" / name, mode="L")
+    table = pd.DataFrame(
+        [(n, label, 3, p) for n, label, p in rows], columns=HEADER
+    )
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    return DatasetSpec(
+        images=tmp_path / "images",
+        labels=tmp_path / "labels.csv",
+        classes=("HP", "SSA"),
+        positive_class="SSA",
+        masks=tmp_path / "masks" if masks else None,
+    )
+
+
+GOOD = [("b.png", "HP", "train"), ("a.png", "SSA", "test"), ("c.png", "SSA", "train")]
+
+
+def test_valid_dataset_is_read_sorted_with_positive_flag(tmp_path):
+    table = load_labels(_dataset(tmp_path, GOOD, masks=True))
+    assert list(table["name"]) == ["a", "b", "c"]
+    assert list(table["positive"]) == [1, 0, 1]
+    assert list(table["partition"]) == ["test", "train", "train"]
+    assert table["mask"].iloc[0].endswith("masks/a.png")
+
+
+def test_partition_column_is_optional(tmp_path):
+    spec = _dataset(tmp_path, GOOD)
+    pd.read_csv(spec.labels).drop(columns=["Partition"]).to_csv(spec.labels, index=False)
+    assert set(load_labels(spec)["partition"]) == {"train"}
+
+
+def _error(spec):
+    with pytest.raises(DatasetError) as err:
+        load_labels(spec)
+    return str(err.value)
+
+
+def test_missing_image_file(tmp_path):
+    spec = _dataset(tmp_path, GOOD)
+    (tmp_path / "images" / "c.png").unlink()
+    msg = _error(spec)
+    assert "row 4 ('c.png')" in msg and "image file not found" in msg and "1 problem" in msg
+
+
+def test_duplicate_names(tmp_path):
+    msg = _error(_dataset(tmp_path, [*GOOD, ("a.png", "HP", "train")]))
+    assert "row 3 ('a.png'): duplicate image name" in msg
+    assert "row 5 ('a.png'): duplicate image name" in msg
+
+
+def test_unknown_label(tmp_path):
+    msg = _error(_dataset(tmp_path, [*GOOD, ("d.png", "TA", "train")]))
+    assert "row 5 ('d.png'): unknown label 'TA'" in msg
+
+
+def test_unknown_partition(tmp_path):
+    msg = _error(_dataset(tmp_path, [*GOOD, ("d.png", "HP", "validation")]))
+    assert "unknown partition 'validation'" in msg
+
+
+def test_unreadable_image(tmp_path):
+    spec = _dataset(tmp_path, GOOD)
+    (tmp_path / "images" / "b.png").write_bytes(b"not a png at all")
+    msg = _error(spec)
+    assert "row 2 ('b.png'): unreadable image" in msg
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_non_rgb_image(tmp_path, mode):
+    spec = _dataset(tmp_path, GOOD)
+    _image(tmp_path / "images" / "a.png", mode=mode)
+    assert f"has mode {mode}, expected RGB" in _error(spec)
+
+
+def test_missing_and_mis_sized_masks(tmp_path):
+    spec = _dataset(tmp_path, GOOD, masks=True)
+    (tmp_path / "masks" / "a.png").unlink()
+    _image(tmp_path / "masks" / "b.png", mode="L", size=(8, 8))
+    msg = _error(spec)
+    assert "mask file not found" in msg and "is 8x8 px but the image is 16x12 px" in msg
+
+
+def test_missing_column(tmp_path):
+    spec = _dataset(tmp_path, GOOD)
+    pd.read_csv(spec.labels).drop(columns=["Majority Vote Label"]).to_csv(spec.labels)
+    assert "missing column(s) ['Majority Vote Label']" in _error(spec)
+
+
+def test_positive_class_must_be_a_class(tmp_path):
+    spec = _dataset(tmp_path, GOOD)
+    spec = DatasetSpec(spec.images, spec.labels, ("HP", "SSA"), "TA")
+    assert "positive_class 'TA'" in _error(spec)
+
+
+def test_error_lists_first_20_rows_and_the_count(tmp_path):
+    rows = [(f"x{i:02d}.png", "XX", "train") for i in range(25)]
+    msg = _error(_dataset(tmp_path, rows))
+    assert "25 problem(s)" in msg and "... and 5 more" in msg
+    assert "x19.png" in msg and "x20.png" not in msg
