@@ -23,9 +23,7 @@ def _dataset(tmp_path, rows, masks=False):
         _image(tmp_path / "images" / name)
         if masks:
             _image(tmp_path / "masks" / name, mode="L")
-    table = pd.DataFrame(
-        [(n, label, 3, p) for n, label, p in rows], columns=HEADER
-    )
+    table = pd.DataFrame([(n, label, 3, p) for n, label, p in rows], columns=HEADER)
     table.to_csv(tmp_path / "labels.csv", index=False)
     return DatasetSpec(
         images=tmp_path / "images",

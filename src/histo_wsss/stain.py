@@ -35,6 +35,7 @@ class StainParams:
     saturation_threshold: float = 0.07
     min_tissue_px: int = 64
     min_tissue_fraction: float = 0.05
+    min_stain_angle: float = 5.0
 
     @classmethod
     def from_config(cls, stain: dict) -> StainParams:
@@ -119,6 +120,7 @@ def choose_target(
             continue
         try:
             fit = fit_stains(rgb, params)
+            _check_fit(fit, params)
         except MACENKO_ERRORS as err:
             log.warning("stain target: skipping %s (%s)", path, err)
             continue
@@ -132,10 +134,29 @@ def choose_target(
     return StainTarget(matrix, np.median(np.stack(concentrations), axis=0), used)
 
 
+def stain_angle(matrix: np.ndarray) -> float:
+    """Angle in degrees between the H and E vectors of a 3x2 stain matrix."""
+    h, e = matrix[:, 0], matrix[:, 1]
+    cos = float(h @ e / (np.linalg.norm(h) * np.linalg.norm(e)))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def _check_fit(fit: StainTarget, params: StainParams) -> None:
+    """Reject degenerate fits (e.g. of a one-colour image) that torchstain returns silently."""
+    angle = stain_angle(fit.stain_matrix)
+    if angle < params.min_stain_angle:
+        raise ValueError(
+            f"degenerate fit: H and E vectors {angle:.1f} deg apart (< {params.min_stain_angle})"
+        )
+    if not np.all(fit.max_concentrations > 0):
+        raise ValueError(f"degenerate fit: max concentrations {fit.max_concentrations}")
+
+
 def target_from_image(path: str | Path, params: StainParams = StainParams()) -> StainTarget:
     """Reference stains from one named image (the ``stain.target`` config key)."""
     try:
         fit = fit_stains(read_rgb(path), params)
+        _check_fit(fit, params)
     except MACENKO_ERRORS as err:
         raise ValueError(f"{path}: cannot fit Macenko stains to the target image ({err})") from err
     return StainTarget(fit.stain_matrix, fit.max_concentrations, [Path(path).name])
@@ -158,6 +179,7 @@ def normalize(
     norm = _normalizer()
     norm.HERef, norm.maxCRef = target.stain_matrix, target.max_concentrations
     try:
+        _check_fit(fit_stains(rgb, params), params)
         with _strict_numpy():
             out, _, _ = norm.normalize(
                 I=rgb, Io=params.io, alpha=params.alpha, beta=params.beta, stains=False

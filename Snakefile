@@ -1,0 +1,22 @@
+"""histo-wsss: weakly supervised semantic segmentation of H&E patches (see README.md)."""
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/stain.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,127 @@
+"""Macenko normalization and tissue masks on real Beer-Lambert-rendered H&E images."""
+
+import numpy as np
+import pytest
+
+from histo_wsss.demo import DemoSpec, render
+from histo_wsss.io import read_rgb
+from histo_wsss.stain import (
+    StainParams,
+    StainTarget,
+    choose_target,
+    fit_stains,
+    normalize,
+    normalize_images,
+    tissue_mask,
+)
+
+SPEC = DemoSpec(n_images=8, size=128, seed=3)
+
+
+def _angle(a, b):
+    """Largest angle (degrees) between corresponding stain vectors of two 3x2 matrices."""
+    cos = np.sum(a * b, axis=0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
+    return float(np.degrees(np.arccos(np.clip(cos, -1, 1))).max())
+
+
+def _image(index, positive=False):
+    return render(SPEC, index, positive)[0]
+
+
+def test_tissue_mask_separates_white_background_from_tissue():
+    rgb = _image(0).copy()
+    rgb[:, :48] = 245  # white background strip
+    tissue = tissue_mask(rgb)
+    assert not tissue[:, :46].any()
+    assert tissue[:, 52:].mean() > 0.9
+
+
+def test_normalization_moves_stain_vectors_to_the_target():
+    source, reference = _image(1, True), _image(2)
+    target = fit_stains(reference)
+    before = _angle(fit_stains(source).stain_matrix, target.stain_matrix)
+    out, tissue, record = normalize(source, target)
+    after = _angle(fit_stains(out).stain_matrix, target.stain_matrix)
+    assert record == {
+        "tissue_fraction": pytest.approx(tissue.mean()),
+        "normalized": True,
+        "reason": "",
+    }
+    assert out.shape == source.shape and out.dtype == np.uint8
+    assert before > 2.0, "the two renders should differ in stain to begin with"
+    assert after < before / 2
+
+
+def test_every_image_ends_near_a_median_target():
+    target = choose_target_from_arrays([_image(i) for i in range(4)])
+    for i in range(4, 8):
+        source = _image(i, positive=i % 2 == 0)
+        before = _angle(fit_stains(source).stain_matrix, target.stain_matrix)
+        after = _angle(fit_stains(normalize(source, target)[0]).stain_matrix, target.stain_matrix)
+        assert after < min(before, 3.0), (i, before, after)
+
+
+def choose_target_from_arrays(images):
+    fits = [fit_stains(img) for img in images]
+    return StainTarget(
+        np.median([f.stain_matrix for f in fits], axis=0),
+        np.median([f.max_concentrations for f in fits], axis=0),
+    )
+
+
+def test_background_only_image_keeps_its_colours_and_is_flagged():
+    rgb = np.full((64, 64, 3), 244, np.uint8)
+    rgb[30:33, 30:33] = (150, 60, 140)
+    out, _, record = normalize(rgb, fit_stains(_image(0)))
+    assert out is rgb
+    assert record["normalized"] is False
+    assert record["reason"].startswith("tissue fraction 0.00")
+
+
+def test_failing_macenko_fit_falls_back_with_the_reason():
+    rgb = np.full((64, 64, 3), (120, 40, 110), np.uint8)  # tissue-coloured but one colour only
+    out, _, record = normalize(rgb, fit_stains(_image(0)))
+    assert out is rgb
+    assert record["normalized"] is False
+    assert record["reason"].startswith("macenko failed: ValueError: degenerate fit")
+
+
+def test_choose_target_is_deterministic_and_skips_background(tmp_path):
+    from histo_wsss.io import write_png
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"img{i}.png")
+        write_png(paths[-1], _image(i))
+    write_png(tmp_path / "blank.png", np.full((32, 32, 3), 250, np.uint8))
+    a = choose_target([*paths, tmp_path / "blank.png"], max_images=10)
+    b = choose_target(list(reversed([*paths, tmp_path / "blank.png"])), max_images=10)
+    assert a.source == ["img0.png", "img1.png", "img2.png"]
+    assert a.to_json() == b.to_json()
+    assert np.allclose(np.linalg.norm(a.stain_matrix, axis=0), 1)
+
+
+def test_normalize_images_writes_images_masks_and_qc_rows(tmp_path):
+    from histo_wsss.io import write_png
+
+    names = ["x", "blank"]
+    write_png(tmp_path / "in" / "x.png", _image(5))
+    write_png(tmp_path / "in" / "blank.png", np.full((40, 40, 3), 250, np.uint8))
+    qc = normalize_images(
+        names,
+        [tmp_path / "in" / f"{n}.png" for n in names],
+        tmp_path / "out",
+        fit_stains(_image(0)),
+    )
+    assert list(qc["name"]) == names
+    assert list(qc["normalized"]) == [True, False]
+    assert read_rgb(tmp_path / "out" / "images" / "x.png").shape == (128, 128, 3)
+    assert np.array_equal(
+        read_rgb(tmp_path / "out" / "images" / "blank.png"), np.full((40, 40, 3), 250, np.uint8)
+    )
+    assert (tmp_path / "out" / "tissue" / "blank.png").is_file()
+
+
+def test_stain_params_from_config_takes_known_keys_only():
+    params = StainParams.from_config({"io": 250, "shards": 4, "target": "auto"})
+    assert params.io == 250 and params.beta == StainParams().beta

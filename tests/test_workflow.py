@@ -1,0 +1,102 @@
+"""The real Snakefile, run by snakemake on a tiny demo dataset."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from workflow_runner import TINY, snakemake
+
+from histo_wsss.io import read_mask, read_rgb
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_every_stage_produced_its_outputs(run):
+    results = run / "results"
+    labels = pd.read_csv(results / "demo" / "labels.csv")
+    assert len(labels) == 24
+    split = pd.read_csv(results / "split" / "split.csv")
+    assert list(split.columns) == ["name", "label", "split"]
+    assert len(split) == 24 and set(split["split"]) == {"train", "val", "test"}
+    # the demo's own Partition = test rows are exactly the test split
+    demo_test = set(labels.loc[labels["Partition"] == "test", "Image Name"].str[:-4])
+    assert set(split.loc[split["split"] == "test", "name"]) == demo_test
+
+    qc = pd.read_csv(results / "stain" / "qc.csv", keep_default_na=False)
+    assert sorted(qc["name"]) == sorted(split["name"])
+    flagged = qc[qc["normalized"].astype(str) == "False"]
+    assert len(flagged) >= 1 and flagged["reason"].str.contains("tissue fraction").all()
+    shards = sorted((results / "stain" / "shards").iterdir())
+    assert [p.name for p in shards] == ["0", "1"]
+    images = {p.stem: p for s in shards for p in (s / "images").glob("*.png")}
+    assert sorted(images) == sorted(split["name"])
+    name = qc.loc[qc["normalized"].astype(str) == "True", "name"].iloc[0]
+    original = read_rgb(results / "demo" / "images" / f"{name}.png")
+    normalized = read_rgb(images[name])
+    assert normalized.shape == original.shape and not np.array_equal(normalized, original)
+    tissue = read_mask(images[name].parent.parent / "tissue" / f"{name}.png")
+    assert tissue.shape == original.shape[:2] and 0.3 < tissue.mean() <= 1
+    assert (results / "demo" / "contact_sheet.png").stat().st_size > 10_000
+
+
+def test_every_job_wrote_a_log(run):
+    logs = {
+        p.relative_to(run / "results" / "logs").as_posix()
+        for p in (run / "results" / "logs").rglob("*.log")
+    }
+    assert {"demo_dataset.log", "split.log", "stain_target.log", "stain_qc.log"} <= logs
+    assert {"normalize_stain/0.log", "normalize_stain/1.log"} <= logs
+    assert "kept their colours" in (run / "results" / "logs" / "stain_qc.log").read_text()
+
+
+def test_nothing_to_do_after_a_complete_run(run):
+    out = snakemake(run, "-n").stdout
+    assert "Nothing to be done" in out
+
+
+def test_split_is_byte_identical_across_runs(run, tmp_path):
+    snakemake(tmp_path, "--cores", "1", "results/split/split.csv")
+    for rel in ("split/split.csv", "demo/labels.csv", "demo/images/demo_0003.png"):
+        assert (tmp_path / "results" / rel).read_bytes() == (run / "results" / rel).read_bytes()
+
+
+def _folder_config(run, tmp_path, labels):
+    shutil.copytree(run / "results" / "demo", tmp_path / "data")
+    labels.to_csv(tmp_path / "data" / "labels.csv", index=False)
+    return {
+        **TINY,
+        "dataset": {
+            "source": "folder",
+            "images": "data/images",
+            "labels": "data/labels.csv",
+            "masks": "data/masks",
+        },
+    }
+
+
+def test_folder_dataset_is_planned_per_image(run, tmp_path):
+    labels = pd.read_csv(run / "results" / "demo" / "labels.csv")
+    out = snakemake(tmp_path, "-n", config=_folder_config(run, tmp_path, labels)).stdout
+    assert "demo_dataset" not in out
+    assert "normalize_stain" in out and "data/images/demo_0005.png" in out
+
+
+def test_bad_dataset_fails_at_dag_build_listing_the_rows(run, tmp_path):
+    labels = pd.read_csv(run / "results" / "demo" / "labels.csv")
+    labels.loc[2, "Majority Vote Label"] = "tumour"
+    labels.loc[5, "Image Name"] = "missing.png"
+    result = snakemake(tmp_path, "-n", config=_folder_config(run, tmp_path, labels), check=False)
+    message = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "2 problem(s)" in message
+    assert "row 4 ('demo_0002.png'): unknown label 'tumour'" in message
+    assert "row 7 ('missing.png'): image file not found" in message
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,38 @@
+"""Run the real Snakefile with snakemake in a scratch folder (shared by the workflow tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+TINY = {"demo": {"n_images": 24, "size": 96}, "stain": {"shards": 2}}
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):
+    """Run snakemake on the repo's Snakefile in ``workdir`` with the demo config + ``config``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    override = workdir / "test_config.yaml"
+    override.write_text(yaml.safe_dump(config if config is not None else TINY))
+    cmd = [
+        str(SNAKEMAKE),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(override),
+        *args,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
+    return result

@@ -1,0 +1,64 @@
+"""The embedded demo dataset and the train/val/test split."""
+
+
+rule demo_dataset:
+    output:
+        images=directory(f"{DEMO_DIR}/images"),
+        masks=directory(f"{DEMO_DIR}/masks"),
+        labels=f"{DEMO_DIR}/labels.csv",
+    log:
+        f"{RESULTS}/logs/demo_dataset.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/demo_dataset.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        demo=config["demo"],
+        classes=config["dataset"]["classes"],
+        positive_class=config["dataset"]["positive_class"],
+    script:
+        "../scripts/demo_dataset.py"
+
+
+rule demo_contact_sheet:
+    input:
+        images=f"{DEMO_DIR}/images",
+        masks=f"{DEMO_DIR}/masks",
+        labels=f"{DEMO_DIR}/labels.csv",
+    output:
+        report(
+            f"{DEMO_DIR}/contact_sheet.png",
+            caption="../report/contact_sheet.rst",
+            category="Data",
+        ),
+    log:
+        f"{RESULTS}/logs/demo_contact_sheet.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/demo_contact_sheet.py"
+
+
+rule split:
+    input:
+        **dataset_inputs(),
+    output:
+        f"{RESULTS}/split/split.csv",
+    log:
+        f"{RESULTS}/logs/split.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        dataset=dataset_config(),
+        split=config["split"],
+    script:
+        "../scripts/split.py"

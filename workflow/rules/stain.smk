@@ -1,0 +1,67 @@
+"""Macenko stain normalization and tissue masks, in parallel shards, with a QC table."""
+
+
+rule stain_target:
+    input:
+        split=f"{RESULTS}/split/split.csv",
+        images=dataset_inputs()["images"],
+        reference=stain_target_input(),
+    output:
+        f"{RESULTS}/stain/target.json",
+    log:
+        f"{RESULTS}/logs/stain_target.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/stain_target.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        images=SAMPLE_IMAGES,
+        stain=config["stain"],
+    script:
+        "../scripts/stain_target.py"
+
+
+rule normalize_stain:
+    input:
+        target=f"{RESULTS}/stain/target.json",
+        images=shard_images("stain"),
+    output:
+        directory(f"{RESULTS}/stain/shards/{{shard}}"),
+    log:
+        f"{RESULTS}/logs/normalize_stain/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/normalize_stain/{{shard}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        names=shard_members("stain"),
+        images=shard_image_paths("stain"),
+        stain=config["stain"],
+    script:
+        "../scripts/normalize_stain.py"
+
+
+rule stain_qc:
+    input:
+        expand(f"{RESULTS}/stain/shards/{{shard}}", shard=shard_ids("stain")),
+    output:
+        report(
+            f"{RESULTS}/stain/qc.csv",
+            caption="../report/stain_qc.rst",
+            category="Data",
+        ),
+    log:
+        f"{RESULTS}/logs/stain_qc.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/stain_qc.py"
