@@ -1,0 +1,248 @@
+"""Tests of the CAM -> pseudo-mask refinement (real scikit-image and pydensecrf)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histo_wsss.refine import (
+    STEPS,
+    RefineParams,
+    dense_crf,
+    open_close,
+    quantile_threshold,
+    refine,
+    remove_small,
+)
+
+PINK = (230, 160, 190)
+PURPLE = (120, 60, 160)
+
+
+def two_colour_image(size: int = 224, edge: int = 112, noise: float = 6.0) -> np.ndarray:
+    """Left of column ``edge`` pink, right purple, with a little deterministic noise."""
+    rgb = np.zeros((size, size, 3), dtype=np.int64)
+    rgb[:, :edge] = PINK
+    rgb[:, edge:] = PURPLE
+    rng = np.random.default_rng(0)
+    rgb += np.rint(rng.normal(0.0, noise, rgb.shape)).astype(np.int64)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def soft_cam(size: int, boundary: int, width: float = 6.0) -> np.ndarray:
+    """CAM falling smoothly from 1 (left) to 0 (right) around column ``boundary``."""
+    cols = np.arange(size, dtype=np.float64)
+    return np.tile(1.0 / (1.0 + np.exp((cols - boundary) / width)), (size, 1))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return np.count_nonzero(a & b) / np.count_nonzero(a | b)
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def test_params_defaults_are_the_papers():
+    p = RefineParams()
+    assert (p.quantile, p.open_px, p.close_px, p.min_object_px, p.crf_iterations) == (
+        0.5,
+        3,
+        5,
+        64,
+        5,
+    )
+    assert (p.crf_gaussian_sxy, p.crf_gaussian_compat) == (3, 3)
+    assert (p.crf_bilateral_sxy, p.crf_bilateral_srgb, p.crf_bilateral_compat) == (80, 13, 10)
+
+
+def test_params_from_config():
+    assert RefineParams.from_config({}) == RefineParams()
+    assert RefineParams.from_config(None) == RefineParams()
+    p = RefineParams.from_config({"quantile": 0.7, "min_object_px": 32})
+    assert p.quantile == 0.7 and p.min_object_px == 32 and p.open_px == 3
+    with pytest.raises(ValueError, match="min_object_size"):
+        RefineParams.from_config({"min_object_size": 10})
+    with pytest.raises(ValueError, match="quantile"):
+        RefineParams(quantile=1.0)
+    with pytest.raises(ValueError, match="open_px"):
+        RefineParams(open_px=0)
+
+
+# --- quantile threshold ---------------------------------------------------------------------
+
+
+def test_quantile_threshold_selects_exactly_the_top_half_of_a_ramp():
+    cam = np.arange(64, dtype=np.float64).reshape(8, 8) / 63.0
+    mask = quantile_threshold(cam, 0.5)
+    assert mask.dtype == bool
+    np.testing.assert_array_equal(mask, np.arange(64).reshape(8, 8) >= 32)
+
+
+def test_quantile_threshold_over_tissue_only():
+    ramp = np.arange(64).reshape(8, 8)
+    cam = ramp / 63.0
+    tissue = np.zeros((8, 8), dtype=bool)
+    tissue[:, :4] = True  # values r*8 + 0..3: 32 tissue pixels
+    mask = quantile_threshold(cam, 0.5, tissue)
+    assert not mask[~tissue].any()  # right half has higher CAM but is not tissue
+    tissue_values = np.sort(ramp[tissue])
+    np.testing.assert_array_equal(np.sort(ramp[mask]), tissue_values[16:])  # top half of tissue
+    # over the whole image the threshold would differ (32 pixels, mostly outside tissue)
+    assert not np.array_equal(quantile_threshold(cam, 0.5), mask)
+
+
+def test_quantile_threshold_ties_and_empty_tissue():
+    cam = np.zeros((10, 10))
+    cam[:3] = np.linspace(0.1, 1.0, 30).reshape(3, 10)  # 70 % zeros: the median is 0
+    np.testing.assert_array_equal(quantile_threshold(cam, 0.5), cam > 0)
+    assert not quantile_threshold(cam, 0.5, np.zeros((10, 10), dtype=bool)).any()
+    assert not quantile_threshold(np.zeros((10, 10)), 0.5).any()
+
+
+# --- morphology -----------------------------------------------------------------------------
+
+
+def test_open_close_speckle_hole_and_square():
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[2, 2] = True  # 1-px speckle
+    mask[58:60, 2:4] = True  # 2x2 speckle
+    square = np.zeros_like(mask)
+    square[8:28, 8:28] = True  # big square, sharp corners
+    blob = np.zeros_like(mask)
+    blob[36:56, 30:56] = True
+    holed_blob = blob.copy()
+    holed_blob[44:47, 40:43] = False  # 3x3 hole
+    mask |= square | holed_blob
+
+    out = open_close(mask, 3, 5)
+    assert out.dtype == bool
+    assert not out[2, 2] and not out[58:60, 2:4].any()  # speckles opened away
+    np.testing.assert_array_equal(out[44:47, 40:43], True)  # hole closed
+    np.testing.assert_array_equal(out, square | blob)  # square kept exactly (square footprint)
+
+    # the parameters matter: no opening keeps the speckle, no closing keeps the hole
+    assert open_close(mask, 1, 5)[2, 2]
+    assert not open_close(mask, 3, 1)[44:47, 40:43].any()
+
+
+def test_open_close_borders_do_not_matter():
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[:10, :10] = True  # touches the top-left corner
+    mask[12:22, 20:30] = True  # 2 px from the right border
+    np.testing.assert_array_equal(open_close(mask, 3, 5), mask)
+
+
+# --- small objects --------------------------------------------------------------------------
+
+
+def test_remove_small_keeps_64_removes_63():
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[2:9, 2:11] = True  # 7 x 9 = 63 px
+    mask[20:28, 20:28] = True  # 8 x 8 = 64 px
+    assert mask[2:9, 2:11].sum() == 63 and mask[20:28, 20:28].sum() == 64
+    out = remove_small(mask, 64)
+    assert out.dtype == bool
+    assert not out[2:9, 2:11].any()
+    np.testing.assert_array_equal(out[20:28, 20:28], True)
+    assert out.sum() == 64
+    assert remove_small(mask, 63).sum() == 127  # both kept at 63
+    assert remove_small(mask, 65).sum() == 0  # both removed at 65
+
+
+def test_remove_small_connectivity():
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[2:9, 2:11] = True  # 63 px, last pixel (8, 10)
+    mask[9, 11] = True  # touches it diagonally only: 64 px 8-connected, 63 + 1 4-connected
+    np.testing.assert_array_equal(remove_small(mask, 64), mask)  # default 8-connectivity
+    assert not remove_small(mask, 64, connectivity=1).any()
+
+
+# --- CRF ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [8, -8])
+def test_crf_snaps_mask_to_colour_edge(shift):
+    size, edge = 224, 112
+    rgb = two_colour_image(size, edge)
+    truth = np.zeros((size, size), dtype=bool)
+    truth[:, :edge] = True
+    given = np.zeros_like(truth)
+    given[:, : edge + shift] = True  # boundary 8 px off the colour edge
+    cam = soft_cam(size, edge + shift)
+
+    out = dense_crf(rgb, cam, given, RefineParams())
+    assert out.dtype == bool and out.shape == truth.shape
+    # per row, the first background column lies within 2 px of the colour edge
+    first_bg = np.argmin(out, axis=1)
+    assert np.all(~out.all(axis=1))
+    assert np.all(np.abs(first_bg - edge) <= 2), np.unique(first_bg)
+    assert iou(out, truth) > iou(given, truth) + 0.05
+
+
+def test_crf_stays_in_tissue_and_empty_mask_stays_empty():
+    size = 64
+    rgb = two_colour_image(size, 32)
+    cam = soft_cam(size, 32)
+    given = cam > 0.5
+    tissue = np.ones((size, size), dtype=bool)
+    tissue[:, :8] = False
+    out = dense_crf(rgb, cam, given, tissue=tissue)
+    assert out.any() and not out[~tissue].any()
+    assert not dense_crf(rgb, cam, np.zeros_like(given)).any()
+
+
+# --- whole chain ----------------------------------------------------------------------------
+
+
+def blobby_case(size: int = 96):
+    """A pink disc on purple with a CAM peaked on it plus some noise, and a tissue mask."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 < 22**2
+    rgb = np.where(disc[..., None], np.array(PINK), np.array(PURPLE)).astype(np.int64)
+    rng = np.random.default_rng(1)
+    rgb = np.clip(rgb + rng.normal(0, 8, rgb.shape).round().astype(np.int64), 0, 255)
+    cam = np.exp(-((yy - 44) ** 2 + (xx - 54) ** 2) / (2 * 18.0**2))
+    cam = np.clip(cam + rng.normal(0, 0.05, cam.shape), 0, 1)
+    tissue = np.ones((size, size), dtype=bool)
+    tissue[:, -10:] = False
+    return rgb.astype(np.uint8), cam, tissue, disc
+
+
+def test_refine_runs_every_step_in_order():
+    rgb, cam, tissue, disc = blobby_case()
+    steps = refine(rgb, cam, RefineParams(), tissue=tissue)
+    assert list(steps) == list(STEPS) == ["threshold", "morphology", "small_objects", "crf"]
+    for m in steps.values():
+        assert m.dtype == bool and m.shape == cam.shape and not m[~tissue].any()
+    assert steps["threshold"].sum() == pytest.approx(0.5 * tissue.sum(), abs=2)
+    assert not (steps["small_objects"] & ~steps["morphology"]).any()
+    assert steps["crf"].any()
+    assert iou(steps["crf"], disc) > iou(steps["threshold"], disc)
+
+
+def test_negative_image_gives_empty_masks():
+    rgb, cam, tissue, _ = blobby_case()
+    steps = refine(rgb, cam, RefineParams(), tissue=tissue, positive=False)
+    assert list(steps) == list(STEPS)
+    for m in steps.values():
+        assert m.dtype == bool and m.shape == cam.shape and not m.any()
+
+
+def test_refine_is_deterministic():
+    rgb, cam, tissue, _ = blobby_case()
+    a = refine(rgb, cam, RefineParams(), tissue=tissue)
+    b = refine(rgb.copy(), cam.copy(), RefineParams(), tissue=tissue.copy())
+    for step in STEPS:
+        np.testing.assert_array_equal(a[step], b[step])
+
+
+def test_refine_closing_does_not_bridge_non_tissue_gaps():
+    size = 64
+    rgb = two_colour_image(size, 32)
+    cam = soft_cam(size, 32)
+    tissue = np.ones((size, size), dtype=bool)
+    tissue[:, 14:16] = False  # a 2-px non-tissue crack through the high-CAM half
+    steps = refine(rgb, cam, RefineParams(), tissue=tissue)
+    assert open_close(steps["threshold"], 3, 5)[:, 14:16].all()  # closing alone would bridge it
+    for step in STEPS:
+        assert not steps[step][:, 14:16].any(), step
