@@ -1,0 +1,325 @@
+"""Class activation maps (CAMs) for a binary, single-logit image classifier.
+
+The classifier returns ONE logit ``y`` per image (output shape ``(B, 1)``). The score whose
+evidence a CAM shows (the "ground-truth class" score of the paper, §2.2) is
+
+* ``S = +y`` for a positive image (label 1, SSA), and
+* ``S = -y`` for a negative image (label 0, HP),
+
+see :class:`BinaryLogitTarget`. The workflow asks for CAMs of positive images only.
+
+Notation: ``A_k(i, j)`` is channel ``k`` of the target layer's output (for torchvision ResNets
+``model.layer4[-1]``, see :func:`resnet_target_layer`), ``g_k(i, j) = dS / dA_k(i, j)``.
+Every method returns ``ReLU(sum_k w_k A_k)`` bilinearly upsampled to the input size and min-max
+normalised per image to [0, 1]; they differ in the channel weights ``w_k``:
+
+``"gradcam"`` (Selvaraju et al. 2017; ``pytorch_grad_cam.GradCAM``)
+    ``w_k = mean_ij g_k(i, j)``.
+
+``"gradcam++"`` (Chattopadhyay et al. 2018; ``pytorch_grad_cam.GradCAMPlusPlus``)
+    ``w_k = sum_ij alpha_k(i, j) ReLU(g_k(i, j))`` with
+    ``alpha_k(i, j) = g^2 / (2 g^2 + sum_ab A_k(a, b) g^3)`` (``0`` where ``g = 0``). The higher
+    derivatives are the powers of the first one: the exponential-score trick of the paper with
+    its ``exp(S)`` factor dropped (as pytorch-grad-cam does).
+
+``"smoothgradcam++"`` (Omeiza et al. 2019; :class:`SmoothGradCAMPlusPlus`)
+    Grad-CAM++ with the three derivative terms replaced by their averages over ``n`` noisy
+    copies ``x_m = x + eps_m`` of the input, ``eps_m ~ N(0, sigma_x^2)`` i.i.d. per element with
+    ``sigma_x = noise_sigma * (max(x) - min(x))`` (SmoothGrad's "noise level", the range taken
+    over all channels and pixels of that one image)::
+
+        D1 = mean_m g_m,   D2 = mean_m g_m^2,   D3 = mean_m g_m^3     (elementwise, per image)
+        alpha_k(i, j) = D2 / (2 D2 + sum_ab A_k(a, b) D3 + 1e-6)      (0 where D2 = 0)
+        w_k = sum_ij alpha_k(i, j) ReLU(D1_k(i, j))
+
+    where ``g_m`` is the gradient of ``S(x_m)`` w.r.t. the target layer's output at ``x_m``.
+    ``A`` is the target layer's output for the CLEAN input (as in torch-cam's
+    ``SmoothGradCAMpp``, whose docstring restates the paper's equations), or, with
+    ``smooth_activations=True``, its mean over the noisy copies. The numerator is ``D2``
+    (Grad-CAM++'s); torch-cam notes that the paper prints ``D1`` there and corrects it the same
+    way. The ``eps`` and the ``D2 = 0`` mask are those of pytorch-grad-cam's Grad-CAM++, so
+    ``n_samples=1, noise_sigma=0`` reproduces ``"gradcam++"`` exactly. The map is computed once
+    from the averaged terms (not an average of per-sample maps).
+
+    Caveat: when the target layer feeds the logit only through global average pooling and a
+    linear layer (ResNet ``layer4[-1]`` -> ``avgpool`` -> ``fc``), ``g`` equals
+    ``fc.weight / (h w)`` whatever the input, so the noise changes nothing and, with clean
+    activations, Smooth Grad-CAM++ equals Grad-CAM++ (at ``n_samples`` times the cost).
+    ``smooth_activations=True`` is the variant in which the noise acts on such models.
+
+Noise and seeding: each image has its own ``torch.Generator`` seeded with ``seed`` (an ``int``
+shared by every image, or one seed per image) and draws its ``n_samples`` noise tensors in order
+on the CPU. An image's map therefore depends only on the image, its label, the model and its
+seed, not on the batch it is computed in nor on ``samples_per_pass``. A batch of ``B`` images
+costs ``ceil(n_samples / samples_per_pass)`` forward+backward passes of ``samples_per_pass * B``
+noisy images (default 1: memory of one batch), plus one gradient-free forward pass of the clean
+batch (skipped with ``smooth_activations=True``). The graph is built from the input (which
+requires grad) with the weights' ``requires_grad`` temporarily off: frozen models work, and no
+weight gradients are computed or left in ``.grad`` (this saved no measurable time on CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.base_cam import BaseCAM
+from torch import nn
+
+__all__ = [
+    "CAM_METHODS",
+    "BinaryLogitTarget",
+    "SmoothGradCAMPlusPlus",
+    "compute_cams",
+    "resnet_target_layer",
+]
+
+CAM_METHODS = ("gradcam", "gradcam++", "smoothgradcam++")
+
+
+class BinaryLogitTarget:
+    """CAM target of a single-logit binary classifier: ``+logit`` for label 1, ``-logit`` for 0.
+
+    Called by pytorch-grad-cam with one image's output (shape ``(1,)`` or ``()``).
+    """
+
+    def __init__(self, label: int) -> None:
+        if label not in (0, 1):
+            raise ValueError(f"label must be 0 or 1, got {label!r}")
+        self.label = int(label)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        if model_output.numel() != 1:
+            raise ValueError(
+                "expected one logit per image (model output of shape (B, 1)), got "
+                f"{tuple(model_output.shape)} per image"
+            )
+        logit = model_output.reshape(())
+        return logit if self.label == 1 else -logit
+
+
+class SmoothGradCAMPlusPlus(BaseCAM):
+    """Smooth Grad-CAM++ (Omeiza et al. 2019) on pytorch-grad-cam's :class:`BaseCAM`.
+
+    See the module docstring for exactly what is averaged. ``seed`` is an ``int`` (every image's
+    generator is seeded with it) or a sequence with one seed per image of the next call; fresh
+    generators are made on every call, so repeated calls give identical maps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: list[nn.Module],
+        n_samples: int = 8,
+        noise_sigma: float = 0.15,
+        seed: int | Sequence[int] = 0,
+        samples_per_pass: int = 1,
+        smooth_activations: bool = False,
+        reshape_transform=None,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform=reshape_transform)
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if noise_sigma < 0:
+            raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
+        if samples_per_pass < 1:
+            raise ValueError(f"samples_per_pass must be >= 1, got {samples_per_pass}")
+        self.n_samples = int(n_samples)
+        self.noise_sigma = float(noise_sigma)
+        self.seed = seed
+        self.samples_per_pass = int(samples_per_pass)
+        self.smooth_activations = bool(smooth_activations)
+        self._moments: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def _generators(self, batch_size: int) -> list[torch.Generator]:
+        seeds = (
+            [int(self.seed)] * batch_size
+            if isinstance(self.seed, int | np.integer)
+            else [int(s) for s in self.seed]
+        )
+        if len(seeds) != batch_size:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {batch_size} images")
+        return [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: list | None,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        if targets is None:
+            raise ValueError("SmoothGradCAMPlusPlus needs explicit targets (one per image)")
+        input_tensor = input_tensor.to(self.device)
+        batch = input_tensor.shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
+        gens = self._generators(batch)
+        flat = input_tensor.detach().reshape(batch, -1)
+        std = (self.noise_sigma * (flat.amax(1) - flat.amin(1))).cpu()
+        std = std.reshape((batch,) + (1,) * (input_tensor.ndim - 1))
+        shape = tuple(input_tensor.shape[1:])
+
+        sums: list[list[torch.Tensor]] | None = None  # per layer: [sum g, sum g^2, sum g^3, sum A]
+        done = 0
+        while done < self.n_samples:
+            k = min(self.samples_per_pass, self.n_samples - done)
+            # noise[m][i] is image i's (done + m)-th draw from its own generator
+            noise = torch.stack(
+                [torch.stack([torch.randn(shape, generator=g) for g in gens]) for _ in range(k)]
+            )
+            noise = (noise * std).to(device=input_tensor.device, dtype=input_tensor.dtype)
+            noisy = (input_tensor.unsqueeze(0) + noise).reshape((k * batch,) + shape)
+            outputs = self.activations_and_grads(noisy)
+            self.model.zero_grad()
+            loss = sum(target(out) for target, out in zip(targets * k, outputs, strict=True))
+            loss.backward()
+            grads = self.activations_and_grads.gradients
+            acts = self.activations_and_grads.activations
+            if len(grads) != len(self.target_layers):
+                raise RuntimeError(
+                    "no gradient reached a target layer: is the score connected to it?"
+                )
+            step = []
+            for g, a in zip(grads, acts, strict=True):
+                g = g.reshape((k, batch) + tuple(g.shape[1:]))
+                g2 = g * g
+                step.append([g.sum(0), g2.sum(0), (g2 * g).sum(0)])
+                if self.smooth_activations:
+                    step[-1].append(a.reshape(g.shape).sum(0))
+            if sums is None:
+                sums = step
+            else:
+                for acc, new in zip(sums, step, strict=True):
+                    for t, u in zip(acc, new, strict=True):
+                        t.add_(u)
+            done += k
+        del outputs, loss
+
+        assert sums is not None
+        self._moments = [tuple((t / self.n_samples).numpy() for t in acc[:3]) for acc in sums]
+        if self.smooth_activations:
+            self.activations_and_grads.gradients = []
+            self.activations_and_grads.activations = [acc[3] / self.n_samples for acc in sums]
+        else:
+            with torch.no_grad():  # records the clean activations only
+                self.activations_and_grads(input_tensor)
+        # pytorch-grad-cam's per-layer map, ReLU, min-max and upsampling, then layer mean
+        cam_per_layer = self.compute_cam_per_layer(input_tensor, targets, eigen_smooth)
+        return self.aggregate_multi_layers(cam_per_layer)
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        index = next(i for i, layer in enumerate(self.target_layers) if layer is target_layer)
+        d1, d2, d3 = self._moments[index]
+        spatial_axes = tuple(range(2, activations.ndim))
+        sum_activations = np.sum(activations, axis=spatial_axes, keepdims=True)
+        aij = d2 / (2 * d2 + sum_activations * d3 + 1e-6)
+        aij = np.where(d2 != 0, aij, 0)
+        return np.sum(np.maximum(d1, 0) * aij, axis=spatial_axes)
+
+
+def resnet_target_layer(model: nn.Module) -> nn.Module:
+    """The last residual block of a torchvision ResNet (``model.layer4[-1]``)."""
+    layer4 = getattr(model, "layer4", None)
+    if layer4 is None:
+        raise ValueError(
+            f"{type(model).__name__} has no attribute 'layer4': not a torchvision ResNet"
+        )
+    return layer4[-1]
+
+
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    """Per-map min-max normalisation to [0, 1]; a constant (e.g. all-zero) map becomes zeros.
+
+    pytorch-grad-cam already min-max scales, but as ``(m - min) / (max + 1e-7)``, which is not
+    exactly 1 at the maximum and shrinks maps whose raw values are tiny; scaling again is exact.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if not np.isfinite(maps).all():
+        raise RuntimeError("non-finite CAM values (check the model's outputs and gradients)")
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    rng = maps.max(axis=(1, 2), keepdims=True) - lo
+    out = np.divide(maps - lo, rng, out=np.zeros_like(maps), where=rng > 0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def compute_cams(
+    model: nn.Module,
+    target_layer: nn.Module | Sequence[nn.Module],
+    images: torch.Tensor,
+    labels: Sequence[int],
+    method: str = "smoothgradcam++",
+    n_samples: int = 8,
+    noise_sigma: float = 0.15,
+    seed: int | Sequence[int] = 0,
+    samples_per_pass: int = 1,
+    smooth_activations: bool = False,
+) -> np.ndarray:
+    """CAMs of a batch for the score of each image's label (see :class:`BinaryLogitTarget`).
+
+    Args:
+        model: classifier with output shape ``(B, 1)``; used in eval mode (BatchNorm running
+            statistics). Its train/eval mode and its parameters' ``requires_grad`` flags are
+            restored on return; no hooks are left on it.
+        target_layer: module whose output is ``A``, or a list of modules in forward order
+            (pytorch-grad-cam pairs layers with hooked tensors by position) whose maps are
+            averaged.
+        images: ``(B, 3, H, W)`` float tensor, already normalised as for the classifier; moved to
+            the model's device.
+        labels: ``B`` labels in {0, 1}.
+        method: one of :data:`CAM_METHODS`.
+        n_samples, noise_sigma, seed, samples_per_pass, smooth_activations: Smooth Grad-CAM++
+            settings (ignored by the other methods), see the module docstring.
+
+    Returns:
+        ``np.float32`` array ``(B, H, W)`` in [0, 1], each map min-max normalised (max 1 unless
+        the map is constant, e.g. all zero where no channel supports the score).
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {CAM_METHODS}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if any(float(v) not in (0.0, 1.0) for v in labels):
+        raise ValueError(f"labels must be 0 or 1, got {list(labels)}")
+    labels = [int(v) for v in labels]
+    if len(labels) != images.shape[0]:
+        raise ValueError(f"got {len(labels)} labels for {images.shape[0]} images")
+    layers = [target_layer] if isinstance(target_layer, nn.Module) else list(target_layer)
+    targets = [BinaryLogitTarget(v) for v in labels]
+
+    params = list(model.parameters())
+    device = params[0].device if params else images.device
+    was_training = model.training
+    flags = [p.requires_grad for p in params]
+    # The graph hangs on the input, not on the weights: works for frozen models, and no weight
+    # gradients are computed or stored.
+    x = images.detach().to(device).clone().requires_grad_(True)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        if method == "gradcam":
+            cam = GradCAM(model, layers)
+        elif method == "gradcam++":
+            cam = GradCAMPlusPlus(model, layers)
+        else:
+            cam = SmoothGradCAMPlusPlus(
+                model,
+                layers,
+                n_samples=n_samples,
+                noise_sigma=noise_sigma,
+                seed=seed,
+                samples_per_pass=samples_per_pass,
+                smooth_activations=smooth_activations,
+            )
+        try:
+            with torch.enable_grad():
+                maps = cam(x, targets)
+        finally:
+            cam.activations_and_grads.release()
+            cam.outputs = None  # pytorch-grad-cam keeps the last outputs (and their graph)
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return _minmax(maps)

@@ -1,0 +1,299 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+from pytorch_grad_cam import GradCAMPlusPlus
+from torch import nn
+
+from histo_wsss.cam import (
+    CAM_METHODS,
+    BinaryLogitTarget,
+    compute_cams,
+    resnet_target_layer,
+)
+
+SQUARE = 16
+
+
+class BrightSquareNet(nn.Module):
+    """Evidence known by construction: the logit grows with the area of bright pixels.
+
+    ``detect`` fires only where a whole 3x3x3 neighbourhood is bright, ``pool`` downsamples by 4
+    (so the CAM must be upsampled), ``features`` (the usual target layer) has positive weights
+    and ``fc`` a positive weight: the positive logit's evidence is exactly the bright square.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detect = nn.Conv2d(3, 1, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AvgPool2d(4)
+        self.features = nn.Conv2d(1, 4, 3, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 1)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.detect.weight.fill_(1.0 / 27)
+            self.detect.bias.fill_(-0.5)
+            self.features.weight.copy_(0.5 + torch.rand(4, 1, 3, 3, generator=gen))
+            self.features.bias.zero_()
+            self.fc.weight.copy_(0.5 + torch.rand(1, 4, generator=gen))
+            self.fc.bias.fill_(-1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.features(self.pool(self.relu(self.detect(x))))
+        return self.fc(self.gap(a).flatten(1))
+
+
+def square_image(height: int, width: int, rng: np.random.Generator):
+    """Dark noisy background (-1..-0.6), a bright (0.8..1) SQUARE x SQUARE square at random."""
+    img = rng.uniform(-1.0, -0.6, size=(3, height, width))
+    top = int(rng.integers(0, height - SQUARE + 1))
+    left = int(rng.integers(0, width - SQUARE + 1))
+    img[:, top : top + SQUARE, left : left + SQUARE] = rng.uniform(0.8, 1.0, (3, SQUARE, SQUARE))
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top : top + SQUARE, left : left + SQUARE] = True
+    return torch.tensor(img, dtype=torch.float32), mask
+
+
+def square_batch(n: int, height: int, width: int, seed: int):
+    rng = np.random.default_rng(seed)
+    images, masks = zip(*(square_image(height, width, rng) for _ in range(n)), strict=True)
+    return torch.stack(images), np.stack(masks)
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=1).eval()
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+@pytest.mark.parametrize(("height", "width"), [(64, 96), (96, 64)])
+def test_cam_localises_known_evidence(method, height, width):
+    net = BrightSquareNet()
+    images, masks = square_batch(3, height, width, seed=height + width)
+    cams = compute_cams(net, net.features, images, [1, 1, 1], method=method, n_samples=4)
+    assert cams.shape == (3, height, width)
+    assert cams.dtype == np.float32
+    for cam, mask in zip(cams, masks, strict=True):
+        assert cam.min() >= 0.0 and cam.max() == pytest.approx(1.0)
+        peak = np.unravel_index(np.argmax(cam), cam.shape)
+        assert mask[peak], f"argmax {peak} outside the square"
+        inside = cam[mask].sum() / cam.sum()
+        assert inside > 0.6, f"only {inside:.2f} of the CAM mass inside the square"
+        assert cam[mask].mean() > 5 * cam[~mask].mean()
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_negative_target_without_support_gives_zero_map(method):
+    """Label 0 asks for the NEGATED logit, which no channel of BrightSquareNet supports."""
+    net = BrightSquareNet()
+    images, _ = square_batch(2, 64, 96, seed=1)
+    cams = compute_cams(net, net.features, images, [0, 1], method=method, n_samples=2)
+    assert np.isfinite(cams).all()
+    assert np.all(cams[0] == 0.0)
+    assert cams[1].max() == pytest.approx(1.0)
+
+
+def test_target_sign():
+    out = torch.tensor([1.5])
+    assert BinaryLogitTarget(1)(out).item() == 1.5
+    assert BinaryLogitTarget(0)(out).item() == -1.5
+    with pytest.raises(ValueError):
+        BinaryLogitTarget(1)(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError):
+        BinaryLogitTarget(2)
+
+
+# The noise only matters where the gradient at the target layer depends on the input: not for a
+# layer that reaches the logit through global average pooling + linear (see cam.py's docstring).
+# The seeding tests therefore use ResNet's layer3 (its gradient passes layer4's ReLUs) with clean
+# activations, and layer4 with smooth_activations=True.
+SMOOTH = {"method": "smoothgradcam++", "n_samples": 4, "noise_sigma": 0.15}
+
+
+@pytest.mark.parametrize("smooth_activations", [False, True])
+def test_batched_equals_one_by_one(resnet, smooth_activations):
+    images = torch.randn(4, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    labels = [1, 0, 1, 1]
+    kwargs = dict(SMOOTH, smooth_activations=smooth_activations)
+    layer = resnet.layer3[-1] if not smooth_activations else resnet_target_layer(resnet)
+    # one seed shared by all images
+    batched = compute_cams(resnet, layer, images, labels, seed=7, **kwargs)
+    for i in range(4):
+        single = compute_cams(resnet, layer, images[i : i + 1], labels[i : i + 1], seed=7, **kwargs)
+        np.testing.assert_allclose(batched[i], single[0], atol=1e-5)
+    # one seed per image
+    seeds = [11, 12, 13, 14]
+    batched = compute_cams(resnet, layer, images, labels, seed=seeds, **kwargs)
+    for i in range(4):
+        single = compute_cams(
+            resnet, layer, images[i : i + 1], labels[i : i + 1], seed=seeds[i], **kwargs
+        )
+        np.testing.assert_allclose(batched[i], single[0], atol=1e-5)
+    # several noise copies per pass: same draws, same maps
+    chunked = compute_cams(resnet, layer, images, labels, seed=seeds, samples_per_pass=3, **kwargs)
+    np.testing.assert_allclose(chunked, batched, atol=1e-5)
+
+
+@pytest.mark.parametrize("smooth_activations", [False, True])
+def test_determinism_and_seed_dependence(resnet, smooth_activations):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    layer = resnet.layer3[-1] if not smooth_activations else resnet_target_layer(resnet)
+    kwargs = dict(SMOOTH, smooth_activations=smooth_activations)
+    a = compute_cams(resnet, layer, x, [1, 1], seed=0, **kwargs)
+    b = compute_cams(resnet, layer, x, [1, 1], seed=0, **kwargs)
+    c = compute_cams(resnet, layer, x, [1, 1], seed=1, **kwargs)
+    assert np.array_equal(a, b)
+    diff = np.abs(a - c)
+    assert diff.max() > 1e-3, "a different seed should change Smooth Grad-CAM++"
+    assert diff.mean() < 0.05, "... but only slightly"
+    plain = compute_cams(resnet, layer, x, [1, 1], method="gradcam++")
+    assert np.abs(a - plain).max() > 1e-3, "with noise it should differ from Grad-CAM++"
+
+
+def test_smooth_without_noise_equals_gradcam_plus_plus(resnet):
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(6))
+    layer = resnet_target_layer(resnet)
+    ref = compute_cams(resnet, layer, x, [1, 0], method="gradcam++")
+    for smooth_activations in (False, True):
+        got = compute_cams(
+            resnet,
+            layer,
+            x,
+            [1, 0],
+            method="smoothgradcam++",
+            n_samples=1,
+            noise_sigma=0.0,
+            smooth_activations=smooth_activations,
+        )
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    # also against pytorch-grad-cam's own class, called directly
+    cam = GradCAMPlusPlus(resnet, [layer])
+    direct = cam(x, [BinaryLogitTarget(1), BinaryLogitTarget(0)])
+    cam.activations_and_grads.release()
+    np.testing.assert_allclose(got, direct, atol=1e-5)
+
+    net = BrightSquareNet()
+    images, _ = square_batch(2, 64, 96, seed=8)
+    ref = compute_cams(net, net.detect, images, [1, 1], method="gradcam++")
+    got = compute_cams(
+        net, net.detect, images, [1, 1], method="smoothgradcam++", n_samples=1, noise_sigma=0.0
+    )
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert ref.max() == pytest.approx(1.0)
+
+
+def _reference_smooth_gradcam_pp(model, layer, image, n, sigma, seed, smooth_activations):
+    """Smooth Grad-CAM++ of one positive image, straight from the formulas in cam.py."""
+    captured = {}
+
+    def hook(module, inputs, output):
+        if output.requires_grad:
+            output.retain_grad()
+        captured["a"] = output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        std = sigma * float(image.max() - image.min())
+        grads, acts = [], []
+        for _ in range(n):
+            noisy = image + std * torch.randn(image.shape, generator=gen)
+            model.zero_grad()
+            model(noisy[None]).sum().backward()
+            grads.append(captured["a"].grad[0].double())
+            acts.append(captured["a"][0].detach().double())
+        with torch.no_grad():
+            model(image[None])
+        clean = captured["a"][0].double()
+    finally:
+        handle.remove()
+        model.zero_grad()
+    g = torch.stack(grads)
+    d1, d2, d3 = g.mean(0), (g**2).mean(0), (g**3).mean(0)
+    a = torch.stack(acts).mean(0) if smooth_activations else clean
+    alpha = d2 / (2 * d2 + a.sum((1, 2), keepdim=True) * d3 + 1e-6)
+    alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
+    w = (alpha * d1.clamp_min(0)).sum((1, 2))
+    cam = torch.relu((w[:, None, None] * a).sum(0)).numpy()
+    cam = cv2.resize((cam - cam.min()) / (cam.max() - cam.min()), image.shape[:0:-1])
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+
+@pytest.mark.parametrize("smooth_activations", [False, True])
+def test_smooth_gradcam_pp_matches_formulas(resnet, smooth_activations):
+    """Pins what is averaged: D1, D2, D3 = means of g, g^2, g^3 over the noisy copies."""
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(13))
+    layer = resnet.layer3[-1]
+    kwargs = dict(n_samples=3, noise_sigma=0.2, smooth_activations=smooth_activations)
+    got = compute_cams(resnet, layer, x, [1, 1], seed=21, **kwargs)
+    for i in range(2):
+        ref = _reference_smooth_gradcam_pp(resnet, layer, x[i], 3, 0.2, 21, smooth_activations)
+        np.testing.assert_allclose(got[i], ref, atol=1e-4)
+
+
+def test_gap_linear_head_makes_noise_irrelevant(resnet):
+    """Documented caveat: at ResNet's layer4 the gradient is fc.weight / (h w) for any input."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    layer = resnet_target_layer(resnet)
+    ref = compute_cams(resnet, layer, x, [1, 1], method="gradcam++")
+    noisy = compute_cams(resnet, layer, x, [1, 1], method="smoothgradcam++", n_samples=3)
+    np.testing.assert_allclose(noisy, ref, atol=1e-4)
+    smoothed = compute_cams(
+        resnet, layer, x, [1, 1], method="smoothgradcam++", n_samples=3, smooth_activations=True
+    )
+    assert np.abs(smoothed - ref).max() > 1e-3
+
+
+def test_resnet18_non_square_batch(resnet):
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(10))
+    for method in CAM_METHODS:
+        cams = compute_cams(
+            resnet, resnet_target_layer(resnet), x, [1, 1], method=method, n_samples=2
+        )
+        assert cams.shape == (2, 96, 128)
+        assert cams.dtype == np.float32
+        assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0
+        assert cams.reshape(2, -1).max(1) == pytest.approx([1.0, 1.0])
+
+
+def test_model_state_is_restored_and_no_grad_context_is_fine():
+    net = BrightSquareNet()
+    bn = nn.BatchNorm2d(3)
+    model = nn.Sequential(bn, net).train()
+    net.fc.weight.requires_grad_(False)
+    images, masks = square_batch(2, 64, 96, seed=11)
+    stats = bn.running_mean.clone()
+    with torch.no_grad():
+        cams = compute_cams(model, net.features, images, [1, 1], n_samples=2)
+    assert cams.shape == (2, 64, 96) and cams.max() == pytest.approx(1.0)
+    assert model.training and bn.training
+    assert torch.equal(bn.running_mean, stats)  # evaluated in eval mode
+    assert [p.requires_grad for p in model.parameters()] == [
+        p is not net.fc.weight for p in model.parameters()
+    ]
+    assert all(p.grad is None for p in model.parameters())
+    assert not net.features._forward_hooks
+
+
+def test_rejects_bad_arguments(resnet):
+    net = BrightSquareNet()
+    images, _ = square_batch(2, 64, 64, seed=12)
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        compute_cams(net, net.features, images, [1, 1], method="scorecam")
+    with pytest.raises(ValueError):
+        compute_cams(net, net.features, images, [1], method="gradcam")
+    with pytest.raises(ValueError):
+        compute_cams(net, net.features, images, [1, 2], method="gradcam")
+    with pytest.raises(ValueError):
+        compute_cams(net, net.features, images, [1, 0.5], method="gradcam")
+    with pytest.raises(ValueError):
+        compute_cams(net, net.features, images, [1, 1], seed=[1, 2, 3])
+    two_logits = nn.Sequential(net, nn.Linear(1, 2))
+    with pytest.raises(ValueError, match="one logit"):
+        compute_cams(two_logits, net.features, images, [1, 1], method="gradcam")
+    with pytest.raises(ValueError, match="layer4"):
+        resnet_target_layer(net)
