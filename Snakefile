@@ -14,6 +14,9 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/stain.smk"
+include: "workflow/rules/classifier.smk"
+include: "workflow/rules/cam.smk"
+include: "workflow/rules/pseudo_masks.smk"
 
 
 rule all:

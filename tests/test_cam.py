@@ -297,3 +297,48 @@ def test_rejects_bad_arguments(resnet):
         compute_cams(two_logits, net.features, images, [1, 1], method="gradcam")
     with pytest.raises(ValueError, match="layer4"):
         resnet_target_layer(net)
+
+
+def test_save_cams_writes_float16_maps_at_each_images_size(tmp_path):
+    from torchvision.models import resnet18
+
+    from histo_wsss.cam import image_seed, peak_hits, save_cams
+    from histo_wsss.io import write_png
+
+    rng = np.random.default_rng(0)
+    items = []
+    for name, (h, w) in [("a", (64, 64)), ("b", (64, 64)), ("c", (48, 80))]:
+        write_png(tmp_path / f"{name}.png", rng.integers(0, 255, (h, w, 3), np.uint8))
+        items.append((name, str(tmp_path / f"{name}.png"), 1))
+    torch.manual_seed(0)
+    model = resnet18(weights=None, num_classes=1)
+    cfg = {
+        "method": "smoothgradcam++",
+        "n_samples": 2,
+        "noise_sigma": 0.1,
+        "seed": 3,
+        "batch_size": 8,
+        "smooth_activations": True,
+    }
+    peaks = save_cams(model, items, tmp_path / "cams", cfg, torch.device("cpu"))
+    assert list(peaks["name"]) == ["a", "b", "c"]
+    for name, (h, w) in [("a", (64, 64)), ("c", (48, 80))]:
+        cam = np.load(tmp_path / "cams" / f"{name}.npy")
+        assert cam.dtype == np.float16 and cam.shape == (h, w)
+        assert 0 <= cam.min() and cam.max() <= 1
+    # an image's CAM does not depend on the batch it was in
+    alone = save_cams(model, items[2:], tmp_path / "alone", cfg, torch.device("cpu"))
+    assert np.array_equal(
+        np.load(tmp_path / "alone" / "c.npy"), np.load(tmp_path / "cams" / "c.npy")
+    )
+    assert alone.iloc[0].to_dict() == peaks.iloc[2].to_dict()
+    assert image_seed(3, "a") == image_seed(3, "a") != image_seed(3, "b") != image_seed(4, "b")
+    # peak_hits reads each mask at the peak
+    masks = {}
+    for row in peaks.itertuples():
+        mask = np.zeros((64, 64) if row.name != "c" else (48, 80), bool)
+        if row.name != "b":
+            mask[row.peak_row, row.peak_col] = True
+        write_png(tmp_path / f"m{row.name}.png", mask)
+        masks[row.name] = str(tmp_path / f"m{row.name}.png")
+    assert peak_hits(peaks, masks).tolist() == [True, False, True]

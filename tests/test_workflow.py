@@ -1,10 +1,12 @@
 """The real Snakefile, run by snakemake on a tiny demo dataset."""
 
+import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from workflow_runner import TINY, snakemake
 
 from histo_wsss.io import read_mask, read_rgb
@@ -47,6 +49,36 @@ def test_every_stage_produced_its_outputs(run):
     assert (results / "demo" / "contact_sheet.png").stat().st_size > 10_000
 
 
+def test_classifier_cams_and_pseudo_masks(run):
+    results = run / "results"
+    split = pd.read_csv(results / "split" / "split.csv")
+    metrics = pd.read_csv(results / "classifier" / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1]
+    evaluation = json.loads((results / "classifier" / "evaluation.json").read_text())
+    assert set(evaluation) == {"val", "test"}
+    assert evaluation["test"]["n"] == (split["split"] == "test").sum()
+    assert (results / "figures" / "classifier_learning_curve.png").stat().st_size > 10_000
+
+    cams = {p.stem: p for p in (results / "cam" / "shards").glob("*/cams/*.npy")}
+    assert sorted(cams) == sorted(split["name"])
+    cam = np.load(cams["demo_0001"])
+    assert cam.dtype == np.float16 and cam.shape == (96, 96) and cam.max() == 1
+    summary = json.loads((results / "cam" / "summary.json").read_text())
+    assert summary["has_ground_truth"] and set(summary["peak_in_mask"]) == {"train", "val", "test"}
+
+    masks = {p.stem: p for p in (results / "pseudo_masks" / "shards").glob("*/masks/*.png")}
+    assert sorted(masks) == sorted(split["name"])
+    positive = dict(zip(split["name"], split["label"] == "lesion", strict=True))
+    for name, path in masks.items():
+        values = np.unique(np.asarray(Image.open(path)))
+        assert set(values) <= {0, 255}
+        assert (255 in values) <= positive[name]  # negative images: all background
+    quality = pd.read_csv(results / "pseudo_masks" / "quality_summary.csv")
+    assert list(quality["step"]) == ["threshold", "morphology", "small_objects", "crf"]
+    assert (quality["n_images"] == sum(positive.values())).all()
+    assert (results / "figures" / "pseudo_mask_steps.png").stat().st_size > 20_000
+
+
 def test_every_job_wrote_a_log(run):
     logs = {
         p.relative_to(run / "results" / "logs").as_posix()
@@ -54,6 +86,7 @@ def test_every_job_wrote_a_log(run):
     }
     assert {"demo_dataset.log", "split.log", "stain_target.log", "stain_qc.log"} <= logs
     assert {"normalize_stain/0.log", "normalize_stain/1.log"} <= logs
+    assert {"train_classifier.log", "cams/0.log", "cams/1.log", "pseudo_masks/2.log"} <= logs
     assert "kept their colours" in (run / "results" / "logs" / "stain_qc.log").read_text()
 
 

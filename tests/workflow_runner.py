@@ -11,7 +11,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-TINY = {"demo": {"n_images": 24, "size": 96}, "stain": {"shards": 2}}
+TINY = {
+    "demo": {"n_images": 24, "size": 96},
+    "stain": {"shards": 2},
+    "classifier": {"epochs": 2, "batch_size": 8},
+    "cam": {"n_samples": 2, "shards": 2},
+    "pseudo_masks": {"shards": 3},
+}
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):

@@ -51,7 +51,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as img:
             if img.mode != "RGB":
                 raise ValueError(f"{path}: image mode is {img.mode}, expected RGB")
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read image ({err})") from err
 

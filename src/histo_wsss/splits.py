@@ -41,3 +41,10 @@ def _stratified_holdout(table: pd.DataFrame, fraction: float, seed: int) -> pd.I
         table.index, test_size=fraction, stratify=table["label"], random_state=seed
     )
     return pd.Index(sorted(held))
+
+
+def read_split(path, positive_class: str) -> pd.DataFrame:
+    """Read a split CSV written by :func:`make_split`, adding ``positive`` (0/1)."""
+    split = pd.read_csv(path, dtype={"name": str, "label": str, "split": str})
+    split["positive"] = (split["label"] == positive_class).astype(int)
+    return split

@@ -11,7 +11,7 @@ if SRC not in sys.path:
 
 from histo_wsss.dataset import DatasetError, DatasetSpec, load_labels
 from histo_wsss.demo import demo_names
-from histo_wsss.shards import shard_names
+from histo_wsss.shards import shard_names, shard_of
 
 RESULTS = config["results"]
 DEMO = config["dataset"]["source"] == "demo"
@@ -37,20 +37,25 @@ def dataset_config():
     return {**config["dataset"], "images": images, "labels": labels, "masks": masks}
 
 
-def _sample_images():
-    """Image path of every sample, by name; a user dataset is validated here, at DAG build."""
+def _samples():
+    """Image and ground-truth mask paths of every sample, by name ('' where no mask).
+
+    A user dataset is validated here, when the DAG is built; the demo when it is generated.
+    """
     if DEMO:
-        images = dataset_paths()[0]
-        return {n: f"{images}/{n}.png" for n in demo_names(config["demo"]["n_images"])}
+        images, _, masks = dataset_paths()
+        names = demo_names(config["demo"]["n_images"])
+        return {n: f"{images}/{n}.png" for n in names}, {n: f"{masks}/{n}.png" for n in names}
     try:
         table = load_labels(DatasetSpec.from_config(dataset_config()))
     except DatasetError as err:
         raise WorkflowError(f"invalid dataset: {err}") from None
-    return dict(zip(table["name"], table["image"]))
+    return dict(zip(table["name"], table["image"])), dict(zip(table["name"], table["mask"]))
 
 
-SAMPLE_IMAGES = _sample_images()
+SAMPLE_IMAGES, SAMPLE_MASKS = _samples()
 SAMPLES = sorted(SAMPLE_IMAGES)
+HAS_MASKS = all(SAMPLE_MASKS.values())
 
 
 def shard_ids(stage):
@@ -65,6 +70,28 @@ def shard_members(stage):
         return shard_names(SAMPLES, int(wildcards.shard), config[stage]["shards"])
 
     return members
+
+
+def shard_dirs(stage):
+    """Output folders of every shard of a sharded stage."""
+    return [f"{RESULTS}/{stage}/shards/{k}" for k in shard_ids(stage)]
+
+
+def sample_file(stage, name, kind, ext=".png"):
+    """Path of one image's `kind` output (images, tissue, masks, ...) of a sharded stage."""
+    shard = shard_of(name, config[stage]["shards"])
+    return f"{RESULTS}/{stage}/shards/{shard}/{kind}/{name}{ext}"
+
+
+def upstream_shards(stage, upstream):
+    """Input function: the `upstream` shard folders that hold the images of the job's shard."""
+
+    def folders(wildcards):
+        n = config[upstream]["shards"]
+        shards = {shard_of(name, n) for name in shard_members(stage)(wildcards)}
+        return [f"{RESULTS}/{upstream}/shards/{k}" for k in sorted(shards)]
+
+    return folders
 
 
 def shard_images(stage):
@@ -95,17 +122,41 @@ def dataset_inputs():
     return {"labels": labels, "images": list(SAMPLE_IMAGES.values())}
 
 
+def truth_inputs():
+    """Ground-truth mask files (the demo's mask folder), for rules that measure against them."""
+    if not HAS_MASKS:
+        return []
+    return [dataset_paths()[2]] if DEMO else list(SAMPLE_MASKS.values())
+
+
+def sample_files(stage, kind, ext=".png"):
+    """`{name: path}` of one `kind` of output of a sharded stage, for every sample."""
+    return {n: sample_file(stage, n, kind, ext) for n in SAMPLES}
+
+
 def stain_target_input():
     """The reference image when `stain.target` names one."""
     target = config["stain"]["target"]
     return [] if target == "auto" else [target]
 
 
+def classifier_weights():
+    """The local pretrained-weights file when `classifier.weights` names one."""
+    weights = config["classifier"]["weights"]
+    return [weights] if weights else []
+
+
 def final_outputs():
     outputs = [
         f"{RESULTS}/split/split.csv",
         f"{RESULTS}/stain/qc.csv",
+        f"{RESULTS}/classifier/evaluation.json",
+        f"{RESULTS}/figures/classifier_learning_curve.png",
+        f"{RESULTS}/cam/summary.json",
+        f"{RESULTS}/pseudo_masks/quality_summary.csv",
     ]
+    if config["pseudo_masks"]["save_steps"]:
+        outputs.append(f"{RESULTS}/figures/pseudo_mask_steps.png")
     if DEMO:
         outputs.append(f"{DEMO_DIR}/contact_sheet.png")
     return outputs

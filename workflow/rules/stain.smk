@@ -49,7 +49,7 @@ rule normalize_stain:
 
 rule stain_qc:
     input:
-        expand(f"{RESULTS}/stain/shards/{{shard}}", shard=shard_ids("stain")),
+        shard_dirs("stain"),
     output:
         report(
             f"{RESULTS}/stain/qc.csv",

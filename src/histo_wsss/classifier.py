@@ -1,0 +1,829 @@
+"""The image-level classifier of paper §2.2: a torchvision ResNet with one logit.
+
+Everything is keyed by a plain config dict (the workflow's ``classifier`` section), merged over
+:data:`DEFAULTS` by :func:`resolve_config` (an unknown key is an error naming it).
+
+Training (:func:`train`):
+
+* images are read once and kept in memory as uint8 (all must have the same size);
+* training images are augmented with albumentations (horizontal + vertical flips, random 90°
+  rotation, colour jitter with the config's magnitudes); every image of every epoch gets its own
+  random streams, seeded from ``(seed, epoch, index)``, so the augmentation does not depend on
+  ``num_workers`` or on the batch order;
+* images are scaled to [0, 1] and normalised with the ImageNet mean/std (:func:`preprocess`,
+  also used by :func:`predict`);
+* SGD (``lr``, ``momentum``, ``weight_decay``) with ``torch.optim.lr_scheduler.OneCycleLR``
+  (``max_lr=lr``, PyTorch's defaults otherwise: 30 % warm-up, cosine annealing, start at
+  ``lr/25``, end at ``lr/25e4``) stepped after every batch over ``epochs * steps`` steps; the
+  momentum is NOT cycled (``cycle_momentum=False``), it stays at ``momentum``;
+* loss: :class:`histo_wsss.losses.ClassificationLoss` (BCE + Focal Tversky); its Tversky index
+  is computed over a batch, so the reported ``train_loss`` is the mean of the batch losses
+  (weighted by batch size) and ``val_loss`` is the loss of the whole validation set as one batch;
+* progressive unfreezing (:func:`set_trainable`): block ``b`` trains from epoch
+  ``unfreeze[b]`` (0-based) on; the ``fc`` head always trains;
+* validation after every epoch: loss, accuracy at 0.5, ROC AUC (NaN when the validation split
+  has one class only); the best epoch by ``selection_metric`` (``auc``/``accuracy``: highest,
+  ``loss``: lowest; NaN never selected; ties keep the earlier epoch) is saved as the checkpoint;
+* deterministic on the CPU: the same config and data give the same checkpoint bytes and the same
+  metrics CSV except the wall-clock ``seconds`` column.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import albumentations as A
+import matplotlib
+import matplotlib.style
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from histo_wsss.device import resolve_device
+from histo_wsss.io import atomic_path, read_rgb, write_csv
+from histo_wsss.losses import ClassificationLoss
+
+__all__ = [
+    "ARCHS",
+    "BLOCKS",
+    "CHECKPOINT_KEYS",
+    "DEFAULTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "METRICS_COLUMNS",
+    "SELECTION_METRICS",
+    "build_model",
+    "evaluate",
+    "is_improvement",
+    "learning_curve",
+    "load_checkpoint",
+    "predict",
+    "preprocess",
+    "resolve_config",
+    "set_trainable",
+    "train",
+    "trainable_blocks",
+]
+
+_log = logging.getLogger(__name__)
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")  # stem = conv1 + bn1
+SELECTION_METRICS = {"auc": "val_auc", "accuracy": "val_accuracy", "loss": "val_loss"}
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_auc",
+    "lr",
+    "trainable",
+    "seconds",
+)
+CHECKPOINT_KEYS = ("arch", "state_dict", "epoch", "metrics", "config")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DEFAULTS: dict = {
+    "arch": "resnet18",
+    "weights": None,
+    "epochs": 25,
+    "batch_size": 32,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.01,
+    "unfreeze": {"layer4": 5, "layer3": 10, "layer2": 15, "layer1": 20, "stem": 20},
+    "bce_weight": 1.0,
+    "tversky_weight": 1.0,
+    "tversky_alpha": 0.7,
+    "tversky_beta": 0.3,
+    "tversky_gamma": 1.33,
+    "augment": {
+        "flip": True,
+        "rotate90": True,
+        "brightness": 0.1,
+        "contrast": 0.1,
+        "saturation": 0.1,
+        "hue": 0.02,
+    },
+    "selection_metric": "auc",
+    "seed": 0,
+    "device": "auto",
+    "num_workers": 0,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_num(v: object) -> bool:
+    return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(float(v))
+
+
+def _require(ok: bool, key: str, value: object, what: str) -> None:
+    if not ok:
+        raise ValueError(f"classifier config: {key} must be {what}, got {value!r}")
+
+
+def resolve_config(cfg: Mapping | None = None) -> dict:
+    """Merge ``cfg`` over :data:`DEFAULTS` (nested dicts key by key) and validate the values.
+
+    Raises ``ValueError`` naming an unknown key (``unfreeze.layer5`` for nested ones) or an
+    invalid value. Returns a new dict; ``weights`` becomes a ``str`` (or ``None``).
+    """
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown classifier config key(s): {', '.join(map(str, unknown))} "
+            f"(known: {', '.join(DEFAULTS)})"
+        )
+    out = copy.deepcopy(DEFAULTS)
+    for key, value in cfg.items():
+        if isinstance(DEFAULTS[key], dict):
+            _require(isinstance(value, Mapping), key, value, "a mapping")
+            bad = sorted(set(value) - set(DEFAULTS[key]))
+            if bad:
+                raise ValueError(
+                    f"unknown classifier config key(s): {', '.join(f'{key}.{b}' for b in bad)} "
+                    f"(known: {', '.join(f'{key}.{k}' for k in DEFAULTS[key])})"
+                )
+            out[key].update(value)
+        else:
+            out[key] = value
+
+    _require(out["arch"] in ARCHS, "arch", out["arch"], f"one of {ARCHS}")
+    w = out["weights"]
+    _require(w is None or isinstance(w, (str, os.PathLike)), "weights", w, "null or a path")
+    out["weights"] = None if w is None else str(w)
+    for key in ("epochs", "batch_size"):
+        _require(_is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1")
+    _require(_is_num(out["lr"]) and out["lr"] > 0, "lr", out["lr"], "a number > 0")
+    m = out["momentum"]
+    _require(_is_num(m) and 0 <= m < 1, "momentum", m, "a number in [0, 1)")
+    for key in ("weight_decay", "bce_weight", "tversky_weight", "tversky_alpha", "tversky_beta"):
+        _require(_is_num(out[key]) and out[key] >= 0, key, out[key], "a number >= 0")
+    if out["bce_weight"] == 0 and out["tversky_weight"] == 0:
+        raise ValueError("classifier config: bce_weight and tversky_weight are both 0")
+    g = out["tversky_gamma"]
+    _require(_is_num(g) and g > 0, "tversky_gamma", g, "a number > 0")
+    for block, start in out["unfreeze"].items():
+        _require(
+            start is None or (_is_int(start) and start >= 0),
+            f"unfreeze.{block}",
+            start,
+            "an epoch >= 0 (0-based) or null (never)",
+        )
+    aug = out["augment"]
+    for key in ("flip", "rotate90"):
+        _require(isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false")
+    for key in ("brightness", "contrast", "saturation"):
+        _require(_is_num(aug[key]) and 0 <= aug[key] < 1, f"augment.{key}", aug[key], "in [0, 1)")
+    _require(
+        _is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5, "augment.hue", aug["hue"], "in [0, 0.5]"
+    )
+    sm = out["selection_metric"]
+    _require(sm in SELECTION_METRICS, "selection_metric", sm, f"one of {tuple(SELECTION_METRICS)}")
+    _require(_is_int(out["seed"]) and out["seed"] >= 0, "seed", out["seed"], "an integer >= 0")
+    _require(isinstance(out["device"], str), "device", out["device"], "a string")
+    nw = out["num_workers"]
+    _require(_is_int(nw) and nw >= 0, "num_workers", nw, "an integer >= 0")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+
+
+def _resnet(arch: str) -> nn.Module:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    model = getattr(torchvision.models, arch)(weights=None)  # weights=None: never downloads
+    model.fc = nn.Linear(model.fc.in_features, 1)
+    return model
+
+
+def _first(keys: Iterable[str], n: int = 5) -> str:
+    keys = sorted(keys)
+    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def build_model(arch: str, weights: str | os.PathLike | None = None) -> nn.Module:
+    """A torchvision ResNet (``arch`` in :data:`ARCHS`) whose ``fc`` gives one logit.
+
+    ``weights=None``: random initialisation (logged as a WARNING). Otherwise ``weights`` is a
+    local torchvision state-dict file (e.g. the ImageNet one, with a 1000-class ``fc``): every
+    backbone tensor is loaded strictly (``*.num_batches_tracked`` may be absent, as in old
+    torchvision files); the file's ``fc`` is dropped (and logged) when its shapes differ from the
+    one-logit head. Nothing is ever downloaded. A missing or unreadable file, or one whose
+    keys/shapes do not match ``arch``, raises ``ValueError`` naming the file and the first
+    mismatched keys.
+    """
+    model = _resnet(arch)
+    if weights is None:
+        _log.warning("%s: no weights file given, the classifier starts from random weights", arch)
+        return model
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a readable state dict"
+        raise ValueError(f"{path}: cannot read as a torch state-dict file ({err})") from err
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
+
+    own = model.state_dict()
+    is_fc = lambda k: k.startswith("fc.")  # noqa: E731
+    optional = {k for k in own if k.endswith(".num_batches_tracked")}
+    missing = {k for k in own if not is_fc(k) and k not in state and k not in optional}
+    unexpected = {k for k in state if not is_fc(k) and k not in own}
+    shapes = {
+        k
+        for k in state
+        if not is_fc(k) and k in own and tuple(state[k].shape) != tuple(own[k].shape)
+    }
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_first(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_first(unexpected)}")
+        if shapes:
+            k = sorted(shapes)[0]
+            parts.append(
+                f"shape mismatches ({len(shapes)}): {_first(shapes)} "
+                f"(e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+            )
+        raise ValueError(f"{path}: weights do not match {arch}: " + "; ".join(parts))
+
+    merged = {k: state.get(k, own[k]) for k in own if not is_fc(k)}
+    fc_file = {k: v for k, v in state.items() if is_fc(k)}
+    fc_own = {k: v for k, v in own.items() if is_fc(k)}
+    if set(fc_file) == set(fc_own) and all(fc_file[k].shape == fc_own[k].shape for k in fc_own):
+        merged.update(fc_file)
+        _log.info("%s: loaded %s weights including the fc head", path, arch)
+    else:
+        merged.update(fc_own)
+        desc = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(fc_file.items())) or "none"
+        _log.info(
+            "%s: loaded %s backbone weights; dropped the file's fc (%s), the 1-logit fc is "
+            "randomly initialised",
+            path,
+            arch,
+            desc,
+        )
+    model.load_state_dict(merged, strict=True)
+    return model
+
+
+def _block_modules(model: nn.Module, block: str) -> list[nn.Module]:
+    if block == "stem":
+        return [model.conv1, model.bn1]
+    return [getattr(model, block)]
+
+
+def trainable_blocks(epoch: int, unfreeze: Mapping[str, int | None]) -> list[str]:
+    """Blocks that train at ``epoch`` (0-based), in network order; ``"fc"`` is always last.
+
+    ``unfreeze[b]`` is the first epoch at which block ``b`` trains (``None``: never); a block
+    missing from ``unfreeze`` never trains.
+    """
+    on = [b for b in BLOCKS if unfreeze.get(b) is not None and epoch >= unfreeze[b]]
+    return on + ["fc"]
+
+
+def set_trainable(model: nn.Module, epoch: int, unfreeze: Mapping[str, int | None]) -> list[str]:
+    """Put ``model`` in training mode with only the blocks scheduled for ``epoch`` trainable.
+
+    Sets ``requires_grad`` of every parameter of each block (``stem`` = ``conv1`` + ``bn1``,
+    ``layer1`` .. ``layer4``) by :func:`trainable_blocks`; ``fc`` always trains. The BatchNorm
+    layers of frozen blocks are switched to eval mode, so they normalise with (and do not update)
+    their running statistics: a frozen block is then a fixed function, as with pretrained
+    weights. Call it at the start of every training epoch (``model.train()`` would undo the BN
+    part). Returns the trainable block names.
+    """
+    model.train()
+    on = trainable_blocks(epoch, unfreeze)
+    for block in BLOCKS:
+        trains = block in on
+        for module in _block_modules(model, block):
+            for p in module.parameters():
+                p.requires_grad_(trains)
+            if not trains:
+                for sub in module.modules():
+                    if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                        sub.eval()
+    for p in model.fc.parameters():
+        p.requires_grad_(True)
+    return on
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def preprocess(images: np.ndarray) -> torch.Tensor:
+    """uint8 RGB ``(H, W, 3)`` or ``(N, H, W, 3)`` -> float32 ``(3, H, W)`` / ``(N, 3, H, W)``.
+
+    Scales to [0, 1] and normalises with the ImageNet mean/std (as in training).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
+        raise ValueError(
+            f"expected uint8 RGB images (H, W, 3) or (N, H, W, 3), got {images.dtype} "
+            f"{images.shape}"
+        )
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+    x = (images.astype(np.float32) / np.float32(255.0) - mean) / std
+    x = np.moveaxis(x, -1, -3)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _stack(images: Sequence[np.ndarray], paths: Sequence) -> np.ndarray:
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        first = images[0].shape
+        odd = [f"{p} {im.shape}" for p, im in zip(paths, images, strict=True) if im.shape != first]
+        raise ValueError(
+            f"images must all have the same size; {paths[0]} is {first} but "
+            f"{len(odd)} differ, e.g. {', '.join(odd[:3])}"
+        )
+    return np.stack(images)
+
+
+def _load_images(paths: Sequence) -> np.ndarray:
+    return _stack([read_rgb(p) for p in paths], paths)
+
+
+def _split_items(items: Iterable, split: str) -> tuple[list[str], np.ndarray]:
+    paths, labels = [], []
+    for i, item in enumerate(items):
+        try:
+            path, label = item
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{split} item {i}: expected (image_path, label01), got {item!r}"
+            ) from err
+        if label not in (0, 1) or isinstance(label, str):
+            raise ValueError(f"{split} item {i} ({path}): label must be 0 or 1, got {label!r}")
+        paths.append(str(path))
+        labels.append(int(label))
+    if not paths:
+        raise ValueError(f"the {split} split is empty")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _augmentation(aug: Mapping) -> A.Compose | None:
+    ops: list = []
+    if aug["flip"]:
+        ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if aug["rotate90"]:
+        ops.append(A.RandomRotate90(p=1.0))  # uniform over 0/90/180/270 degrees
+    if any(aug[k] > 0 for k in ("brightness", "contrast", "saturation", "hue")):
+        ops.append(
+            A.ColorJitter(
+                brightness=aug["brightness"],
+                contrast=aug["contrast"],
+                saturation=aug["saturation"],
+                hue=aug["hue"],
+                p=1.0,
+            )
+        )
+    return A.Compose(ops) if ops else None
+
+
+class _ImageDataset(Dataset):
+    """In-memory uint8 images -> (normalised tensor, (1,) float label); optional augmentation.
+
+    Each transform gets its own seed derived from ``(seed, epoch, index)``: albumentations'
+    ``Compose.set_random_seed`` gives every transform the SAME seed, which would make the
+    horizontal and vertical flips always coincide.
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, transform: A.Compose | None, seed: int
+    ) -> None:
+        self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index]
+        if self.transform is not None:
+            ops = self.transform.transforms
+            seeds = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(
+                len(ops) + 1
+            )
+            self.transform.set_random_seed(int(seeds[0]))
+            for op, s in zip(ops, seeds[1:], strict=True):
+                op.set_random_seed(int(s))
+            image = self.transform(image=image)["image"]
+        label = torch.tensor([float(self.labels[index])], dtype=torch.float32)
+        return preprocess(image), label
+
+
+def _logits(model: nn.Module, batches: Iterable[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Logits (CPU, float32, shape (N, 1)) of uint8 image batches; eval mode, no grad."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                out.append(model(preprocess(batch).to(device)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def evaluate(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict:
+    """Binary metrics of positive-class probabilities, predicting positive when ``p >= threshold``.
+
+    Returns ``n``, ``threshold``, ``accuracy``, ``balanced_accuracy`` (mean recall over the
+    classes present in ``labels``), ``auc`` (ROC AUC; NaN when ``labels`` has one class only) and
+    ``confusion`` ``{"tn", "fp", "fn", "tp"}``; plain Python numbers.
+    """
+    y = np.asarray(labels)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 1 or p.shape != y.shape:
+        raise ValueError(f"labels {y.shape} and probs {p.shape} must be 1-D of the same length")
+    if y.size == 0:
+        raise ValueError("evaluate: no samples")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1, got values {sorted(set(y.tolist()))[:5]}")
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError("probs must be finite and in [0, 1]")
+    y = y.astype(bool)
+    pred = p >= threshold
+    tp, fn = int((pred & y).sum()), int((~pred & y).sum())
+    tn, fp = int((~pred & ~y).sum()), int((pred & ~y).sum())
+    recalls = [tp / (tp + fn)] if tp + fn else []
+    recalls += [tn / (tn + fp)] if tn + fp else []
+    both = bool(y.any() and (~y).any())
+    return {
+        "n": int(y.size),
+        "threshold": float(threshold),
+        "accuracy": (tp + tn) / y.size,
+        "balanced_accuracy": float(np.mean(recalls)),
+        "auc": float(roc_auc_score(y, p)) if both else math.nan,
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def is_improvement(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` (``auc``/``accuracy``: higher is better, ``loss``: lower)
+    strictly beats ``best`` (``None``: nothing yet). NaN never improves; ties do not."""
+    if metric not in SELECTION_METRICS:
+        raise ValueError(
+            f"unknown selection metric {metric!r}; choose one of {tuple(SELECTION_METRICS)}"
+        )
+    if value is None or math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
+    # Serialise to memory first: torch.save(path) names the zip's root folder after the file,
+    # which here would be the random temporary name (different bytes on every run).
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def train(
+    train_items: Sequence[tuple[str | os.PathLike, int]],
+    val_items: Sequence[tuple[str | os.PathLike, int]],
+    cfg: Mapping | None,
+    checkpoint_path: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    log: logging.Logger | None = None,
+) -> dict:
+    """Train the classifier; write the best checkpoint and the per-epoch metrics CSV.
+
+    ``train_items`` / ``val_items``: ``(image_path, label01)`` pairs (RGB images, all the same
+    size). ``cfg``: the ``classifier`` config (see :data:`DEFAULTS`, :func:`resolve_config`).
+
+    ``checkpoint_path`` is (re)written, atomically, whenever an epoch beats the best so far by
+    ``selection_metric``: ``torch.save`` of ``{"arch", "state_dict" (CPU tensors), "epoch",
+    "metrics" (that epoch's row without ``seconds``), "config" (the resolved config)}``.
+    ``metrics_path`` (CSV, columns :data:`METRICS_COLUMNS`, one row per epoch) is rewritten
+    atomically after every epoch; ``epoch`` is 0-based, ``lr`` the mean learning rate over the
+    epoch's steps, ``trainable`` the trainable blocks joined by ``+``, ``seconds`` wall-clock.
+
+    ``selection_metric: auc`` with a single-class validation split is refused (its AUC is
+    undefined). Raises ``FloatingPointError`` on a non-finite training loss. Returns the best
+    epoch's metrics (the checkpoint's ``metrics``). Deterministic for a given config and data on
+    the CPU (``seconds`` aside); the global determinism setting is restored on return.
+    """
+    log = log or _log
+    cfg = resolve_config(cfg)
+    train_paths, train_labels = _split_items(train_items, "train")
+    val_paths, val_labels = _split_items(val_items, "val")
+    metric = cfg["selection_metric"]
+    if metric == "auc" and len(set(val_labels.tolist())) < 2:
+        raise ValueError(
+            f"selection_metric 'auc' needs both classes in the validation split, which has only "
+            f"label {int(val_labels[0])} ({len(val_labels)} images); use 'accuracy' or 'loss'"
+        )
+    if len(train_paths) < 2:
+        raise ValueError("the train split needs at least 2 images")
+    device = resolve_device(cfg["device"])
+
+    log.info("loading %d train and %d val images", len(train_paths), len(val_paths))
+    train_images = _load_images(train_paths)
+    val_images = _load_images(val_paths)
+    if train_images.shape[1:] != val_images.shape[1:]:
+        raise ValueError(
+            f"train images are {train_images.shape[1:]} but val images {val_images.shape[1:]}"
+        )
+
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    previous_benchmark = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        _seed_everything(cfg["seed"])
+        return _train(
+            cfg, device, train_images, train_labels, val_images, val_labels,
+            Path(checkpoint_path), Path(metrics_path), log,
+        )  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+
+def _train(
+    cfg: dict,
+    device: torch.device,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    checkpoint_path: Path,
+    metrics_path: Path,
+    log: logging.Logger,
+) -> dict:
+    model = build_model(cfg["arch"], cfg["weights"]).to(device)
+    dataset = _ImageDataset(train_images, train_labels, _augmentation(cfg["augment"]), cfg["seed"])
+    batch_size = cfg["batch_size"]
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(cfg["seed"]),
+        num_workers=cfg["num_workers"],
+        # a last batch of ONE image is dropped: BatchNorm cannot train on it at small sizes
+        drop_last=len(dataset) % batch_size == 1,
+        pin_memory=device.type == "cuda",
+    )
+    steps = len(loader)
+    epochs = cfg["epochs"]
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg["lr"], total_steps=epochs * steps, cycle_momentum=False
+    )
+    loss_fn = ClassificationLoss(
+        alpha=cfg["tversky_alpha"],
+        beta=cfg["tversky_beta"],
+        gamma=cfg["tversky_gamma"],
+        bce_weight=cfg["bce_weight"],
+        tversky_weight=cfg["tversky_weight"],
+    )
+    val_targets = torch.from_numpy(val_labels.astype(np.float32))[:, None]
+    val_batches = [val_images[i : i + batch_size] for i in range(0, len(val_images), batch_size)]
+    metric, column = cfg["selection_metric"], SELECTION_METRICS[cfg["selection_metric"]]
+    log.info(
+        "training %s on %s: %d train / %d val images, %d epochs x %d steps, selecting on %s",
+        cfg["arch"], device, len(train_images), len(val_images), epochs, steps, column,
+    )  # fmt: skip
+
+    rows: list[dict] = []
+    best: dict | None = None
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        blocks = set_trainable(model, epoch, cfg["unfreeze"])
+        dataset.epoch = epoch
+        total, count, lrs = 0.0, 0, []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"epoch {epoch}: training loss is {value}; try a lower lr")
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += value * len(x)
+            count += len(x)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+
+        logits = _logits(model, val_batches, device)
+        val_loss = float(loss_fn(logits, val_targets))
+        scores = evaluate(val_labels, torch.sigmoid(logits)[:, 0].numpy())
+        row = {
+            "epoch": epoch,
+            "train_loss": total / count,
+            "val_loss": val_loss,
+            "val_accuracy": scores["accuracy"],
+            "val_auc": scores["auc"],
+            "lr": float(np.mean(lrs)),
+            "trainable": "+".join(blocks),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        rows.append(row)
+        write_csv(metrics_path, pd.DataFrame(rows, columns=list(METRICS_COLUMNS)))
+        improved = is_improvement(metric, row[column], None if best is None else best[column])
+        if improved:
+            best = {k: v for k, v in row.items() if k != "seconds"}
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "arch": cfg["arch"],
+                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "epoch": epoch,
+                    "metrics": best,
+                    "config": cfg,
+                },
+            )
+        log.info(
+            "epoch %d/%d: train_loss %.4f val_loss %.4f val_accuracy %.4f val_auc %.4f lr %.2e "
+            "[%s] %.1f s%s",
+            epoch + 1, epochs, row["train_loss"], val_loss, row["val_accuracy"], row["val_auc"],
+            row["lr"], row["trainable"], row["seconds"], " (best so far, saved)" if improved else "",
+        )  # fmt: skip
+    if best is None:
+        raise RuntimeError(f"no epoch had a finite {column}; no checkpoint was written")
+    log.info("best epoch %d: %s %.4f -> %s", best["epoch"], column, best[column], checkpoint_path)
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+
+
+def _as_device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The classifier saved by :func:`train` at ``path``, on ``device``, in eval mode.
+
+    ``device``: a ``torch.device`` or a name for :func:`histo_wsss.device.resolve_device`.
+    Raises ``ValueError`` naming the file when it is missing, unreadable, or not such a
+    checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: classifier checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot read as a torch checkpoint ({err})") from err
+    if not isinstance(ckpt, Mapping) or not set(CHECKPOINT_KEYS) <= set(ckpt):
+        got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise ValueError(
+            f"{path}: not a histo_wsss classifier checkpoint (expected a dict with keys "
+            f"{list(CHECKPOINT_KEYS)}, got {got})"
+        )
+    if ckpt["arch"] not in ARCHS:
+        raise ValueError(f"{path}: unknown arch {ckpt['arch']!r} in checkpoint")
+    model = _resnet(ckpt["arch"])
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: state_dict does not match {ckpt['arch']}: {err}") from err
+    return model.to(_as_device(device)).eval()
+
+
+def predict(
+    model: nn.Module,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Positive-class probabilities (float32, shape ``(len(paths),)``) of the images at ``paths``.
+
+    Reads the images batch by batch (images of one batch must share a size), normalises them as
+    in training, runs ``model`` on ``device`` in eval mode without gradients (its mode is
+    restored afterwards).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _as_device(device)
+    paths = [str(p) for p in paths]
+    model.to(device)
+    batches = (_load_images(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size))
+    return torch.sigmoid(_logits(model, batches, device))[:, 0].numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Figure
+
+
+_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+
+
+def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Plot the metrics CSV of :func:`train` (losses, val accuracy, val AUC, LR vs epoch).
+
+    Dotted vertical lines mark epochs where the trainable blocks change. Saved atomically with
+    the Agg canvas, the default style, a fixed ``dpi`` and no timestamps/software metadata, so the
+    same CSV gives the same file (PNG, PDF or SVG, by the suffix of ``path``).
+    """
+    table = pd.read_csv(metrics_csv)
+    missing = [c for c in METRICS_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{metrics_csv}: not a classifier metrics CSV (missing {missing})")
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in _METADATA:
+        raise ValueError(f"{path}: unsupported figure format {fmt!r}; use png, pdf or svg")
+    epochs = table["epoch"].to_numpy()
+    changes = [
+        e for e, prev, cur in zip(epochs[1:], table["trainable"][:-1], table["trainable"][1:])
+        if prev != cur
+    ]  # fmt: skip
+    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": "histo"}):
+        fig = Figure(figsize=(10, 7), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(2, 2, sharex=True).ravel()
+        axes[0].plot(epochs, table["train_loss"], "o-", label="train")
+        axes[0].plot(epochs, table["val_loss"], "s-", label="val")
+        axes[0].set_ylabel("loss (BCE + focal Tversky)")
+        axes[0].legend()
+        axes[1].plot(epochs, table["val_accuracy"], "o-", color="C2")
+        axes[1].set_ylabel("val accuracy (threshold 0.5)")
+        axes[1].set_ylim(-0.02, 1.02)
+        axes[2].plot(epochs, table["val_auc"], "o-", color="C3")
+        axes[2].set_ylabel("val ROC AUC")
+        axes[2].set_ylim(-0.02, 1.02)
+        axes[3].plot(epochs, table["lr"], "o-", color="C4")
+        axes[3].set_ylabel("learning rate (epoch mean)")
+        for ax in axes:
+            for e in changes:
+                ax.axvline(e, color="0.6", linestyle=":", linewidth=1)
+            ax.grid(True, alpha=0.3)
+        for ax in axes[2:]:
+            ax.set_xlabel("epoch (0-based)")
+        fig.suptitle("classifier learning curve (dotted: unfreezing steps)")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_METADATA[fmt])

@@ -1,0 +1,99 @@
+"""Pseudo-masks for a shard of images, and how good they are against real masks.
+
+Pseudo-mask files are PNGs with 255 = positive class, 0 = background; negative-class images get
+all-zero masks. With ``save_steps`` the masks after each earlier refinement step are kept too
+(``steps/<step>/<name>.png``), for figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from histo_wsss.io import read_mask, read_rgb, write_png
+from histo_wsss.metrics import METRICS, confusion, scores_from_counts
+from histo_wsss.refine import STEPS, RefineParams, refine
+
+COUNTS = ("tp", "fp", "fn", "tn")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image's inputs to the refinement (``truth`` is empty without a ground-truth mask)."""
+
+    name: str
+    image: str
+    tissue: str
+    cam: str
+    positive: bool
+    truth: str = ""
+
+
+def load_cam(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a saved CAM (float16 ``.npy``) and check it matches the image's size."""
+    cam = np.load(path).astype(np.float32)
+    if cam.shape != shape:
+        raise ValueError(
+            f"{path}: CAM is {cam.shape[1]}x{cam.shape[0]}, image is {shape[1]}x{shape[0]}"
+        )
+    return cam
+
+
+def refine_images(
+    items: Iterable[Item], params: RefineParams, out_dir: str | Path, save_steps: bool
+):
+    """Refine every item's CAM; write masks; return per-image rows (and quality when known).
+
+    Each row has the name, whether the image is positive, the mask's area fraction after each
+    step, the CRF time, and, for images with a ground-truth mask, ``<step>_<metric>`` scores.
+    """
+    out_dir = Path(out_dir)
+    rows = []
+    for item in tqdm(list(items), desc="pseudo-masks", unit="img"):
+        rgb = read_rgb(item.image)
+        cam = load_cam(item.cam, rgb.shape[:2])
+        start = time.perf_counter()
+        steps = refine(rgb, cam, params, read_mask(item.tissue), item.positive)
+        row = {"name": item.name, "positive": int(item.positive)}
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        write_png(out_dir / "masks" / f"{item.name}.png", steps["crf"])
+        for step in STEPS:
+            row[f"{step}_area"] = round(float(steps[step].mean()), 6)
+            if save_steps and step != "crf":
+                write_png(out_dir / "steps" / step / f"{item.name}.png", steps[step])
+        if item.truth:
+            truth = read_mask(item.truth)
+            for step in STEPS:
+                counts = dict(zip(COUNTS, confusion(steps[step], truth), strict=True))
+                row.update({f"{step}_{k}": v for k, v in counts.items()})
+                quality = scores_from_counts(*counts.values())
+                row.update({f"{step}_{m}": round(float(v), 6) for m, v in quality.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def quality_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per refinement step: mean per-image scores and pooled ("micro") scores, positives only.
+
+    Negative images are left out: their pseudo-masks are empty by construction, so they would
+    only add perfect scores. Returns one row per step with ``n_images`` and, per metric,
+    ``<metric>_mean`` and ``<metric>_micro``.
+    """
+    positives = table[table["positive"] == 1]
+    rows = []
+    for step in STEPS:
+        if f"{step}_iou" not in positives:
+            continue
+        row = {"step": step, "n_images": len(positives)}
+        pooled = scores_from_counts(*(positives[f"{step}_{k}"].sum() for k in COUNTS))
+        for metric in METRICS:
+            row[f"{metric}_mean"] = round(float(positives[f"{step}_{metric}"].mean()), 6)
+            row[f"{metric}_micro"] = round(float(pooled[metric]), 6)
+        rows.append(row)
+    return pd.DataFrame(rows)

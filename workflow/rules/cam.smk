@@ -1,0 +1,48 @@
+"""Class activation maps of the ground-truth class, in shards that each load the model once."""
+
+
+rule cams:
+    input:
+        model=f"{RESULTS}/classifier/model.pt",
+        split=f"{RESULTS}/split/split.csv",
+        stain=upstream_shards("cam", "stain"),
+    output:
+        directory(f"{RESULTS}/cam/shards/{{shard}}"),
+    params:
+        names=shard_members("cam"),
+        images=sample_files("stain", "images"),
+        positive_class=config["dataset"]["positive_class"],
+        cam=config["cam"],
+    log:
+        f"{RESULTS}/logs/cams/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cams/{{shard}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/cams.py"
+
+
+rule cam_summary:
+    input:
+        cams=shard_dirs("cam"),
+        split=f"{RESULTS}/split/split.csv",
+        truth=truth_inputs(),
+    output:
+        f"{RESULTS}/cam/summary.json",
+    params:
+        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        positive_class=config["dataset"]["positive_class"],
+    log:
+        f"{RESULTS}/logs/cam_summary.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/cam_summary.py"

@@ -1,0 +1,73 @@
+"""Image-level classifier: training, evaluation and its learning curve."""
+
+
+rule train_classifier:
+    input:
+        split=f"{RESULTS}/split/split.csv",
+        stain=shard_dirs("stain"),
+        weights=classifier_weights(),
+    output:
+        model=f"{RESULTS}/classifier/model.pt",
+        metrics=f"{RESULTS}/classifier/metrics.csv",
+    params:
+        classifier=config["classifier"],
+        images=sample_files("stain", "images"),
+        positive_class=config["dataset"]["positive_class"],
+    log:
+        f"{RESULTS}/logs/train_classifier.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_classifier.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule evaluate_classifier:
+    input:
+        model=f"{RESULTS}/classifier/model.pt",
+        split=f"{RESULTS}/split/split.csv",
+        stain=shard_dirs("stain"),
+    output:
+        f"{RESULTS}/classifier/evaluation.json",
+    params:
+        images=sample_files("stain", "images"),
+        positive_class=config["dataset"]["positive_class"],
+        batch_size=config["classifier"]["batch_size"],
+        device=config["classifier"]["device"],
+    log:
+        f"{RESULTS}/logs/evaluate_classifier.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_classifier.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/evaluate_classifier.py"
+
+
+rule classifier_learning_curve:
+    input:
+        f"{RESULTS}/classifier/metrics.csv",
+    output:
+        report(
+            f"{RESULTS}/figures/classifier_learning_curve.png",
+            caption="../report/classifier_learning_curve.rst",
+            category="Classifier",
+        ),
+    log:
+        f"{RESULTS}/logs/classifier_learning_curve.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/classifier_learning_curve.py"

@@ -1,0 +1,90 @@
+"""CAM -> pseudo-mask refinement in parallel shards, and the masks' quality."""
+
+
+rule pseudo_masks:
+    input:
+        split=f"{RESULTS}/split/split.csv",
+        cams=upstream_shards("pseudo_masks", "cam"),
+        stain=upstream_shards("pseudo_masks", "stain"),
+        truth=truth_inputs(),
+    output:
+        directory(f"{RESULTS}/pseudo_masks/shards/{{shard}}"),
+    params:
+        names=shard_members("pseudo_masks"),
+        images=sample_files("stain", "images"),
+        tissue=sample_files("stain", "tissue"),
+        cams=sample_files("cam", "cams", ".npy"),
+        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        positive_class=config["dataset"]["positive_class"],
+        refine=config["pseudo_masks"],
+    log:
+        f"{RESULTS}/logs/pseudo_masks/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pseudo_masks/{{shard}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/refine.yaml"
+    script:
+        "../scripts/pseudo_masks.py"
+
+
+rule pseudo_mask_quality:
+    input:
+        shards=shard_dirs("pseudo_masks"),
+        split=f"{RESULTS}/split/split.csv",
+    output:
+        table=report(
+            f"{RESULTS}/pseudo_masks/quality.csv",
+            caption="../report/pseudo_mask_quality.rst",
+            category="Pseudo-masks",
+        ),
+        summary=report(
+            f"{RESULTS}/pseudo_masks/quality_summary.csv",
+            caption="../report/pseudo_mask_quality_summary.rst",
+            category="Pseudo-masks",
+        ),
+    log:
+        f"{RESULTS}/logs/pseudo_mask_quality.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/refine.yaml"
+    script:
+        "../scripts/pseudo_mask_quality.py"
+
+
+rule pseudo_mask_figure:
+    input:
+        quality=f"{RESULTS}/pseudo_masks/quality.csv",
+        pseudo=shard_dirs("pseudo_masks"),
+        cams=shard_dirs("cam"),
+        stain=shard_dirs("stain"),
+        truth=truth_inputs(),
+    output:
+        report(
+            f"{RESULTS}/figures/pseudo_mask_steps.png",
+            caption="../report/pseudo_mask_steps.rst",
+            category="Pseudo-masks",
+        ),
+    params:
+        images=sample_files("stain", "images"),
+        cams=sample_files("cam", "cams", ".npy"),
+        pseudo=sample_files("pseudo_masks", "masks"),
+        steps={
+            step: sample_files("pseudo_masks", f"steps/{step}")
+            for step in ("threshold", "morphology", "small_objects")
+        },
+        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        n_images=6,
+    log:
+        f"{RESULTS}/logs/pseudo_mask_figure.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/refine.yaml"
+    script:
+        "../scripts/pseudo_mask_figure.py"

@@ -1,0 +1,25 @@
+"""Classifier accuracy, balanced accuracy, AUC and confusion matrix on val and test."""
+
+import torch
+
+from histo_wsss.classifier import evaluate, load_checkpoint, predict
+from histo_wsss.device import resolve_device
+from histo_wsss.io import write_json
+from histo_wsss.logs import job_log
+from histo_wsss.splits import read_split
+
+with job_log(snakemake.log[0]) as log:
+    torch.set_num_threads(snakemake.threads)
+    device = resolve_device(snakemake.params.device)
+    model = load_checkpoint(snakemake.input.model, device)
+    split = read_split(snakemake.input.split, snakemake.params.positive_class)
+    results = {}
+    for part in ("val", "test"):
+        rows = split[split["split"] == part]
+        if rows.empty:
+            continue
+        paths = [snakemake.params.images[n] for n in rows["name"]]
+        probs = predict(model, paths, snakemake.params.batch_size, device)
+        results[part] = evaluate(rows["positive"].tolist(), probs.tolist())
+        log.info("%s: %s", part, results[part])
+    write_json(snakemake.output[0], results)

@@ -1,0 +1,14 @@
+"""Image, CAM, each refinement step and the truth side by side for a few positive images."""
+
+import pandas as pd
+
+from histo_wsss.figures import pick_examples, pseudo_mask_steps
+from histo_wsss.logs import job_log
+
+with job_log(snakemake.log[0]):
+    p = snakemake.params
+    table = pd.read_csv(snakemake.input.quality)
+    table = table[table["positive"] == 1]
+    score = "crf_iou" if "crf_iou" in table else "crf_area"
+    names = pick_examples(dict(zip(table["name"], table[score], strict=True)), p.n_images)
+    pseudo_mask_steps(names, p.images, p.cams, p.steps, p.pseudo, p.masks, snakemake.output[0])
