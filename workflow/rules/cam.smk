@@ -8,21 +8,21 @@ rule cams:
         stain=upstream_shards("cam", "stain"),
     output:
         directory(f"{RESULTS}/cam/shards/{{shard}}"),
+    log:
+        f"{RESULTS}/logs/cams/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cams/{{shard}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
     params:
         names=shard_members("cam"),
         images=sample_files("stain", "images"),
         positive_class=config["dataset"]["positive_class"],
         cam=config["cam"],
-    log:
-        f"{RESULTS}/logs/cams/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/cams/{{shard}}.tsv"
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=4000,
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/cams.py"
 
@@ -34,15 +34,15 @@ rule cam_summary:
         truth=truth_inputs(),
     output:
         f"{RESULTS}/cam/summary.json",
-    params:
-        masks=SAMPLE_MASKS if HAS_MASKS else {},
-        positive_class=config["dataset"]["positive_class"],
     log:
         f"{RESULTS}/logs/cam_summary.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        positive_class=config["dataset"]["positive_class"],
     script:
         "../scripts/cam_summary.py"

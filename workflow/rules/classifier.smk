@@ -9,20 +9,20 @@ rule train_classifier:
     output:
         model=f"{RESULTS}/classifier/model.pt",
         metrics=f"{RESULTS}/classifier/metrics.csv",
-    params:
-        classifier=config["classifier"],
-        images=sample_files("stain", "images"),
-        positive_class=config["dataset"]["positive_class"],
     log:
         f"{RESULTS}/logs/train_classifier.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_classifier.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: workflow.cores
     resources:
         gpu=1,
         mem_mb=8000,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        classifier=config["classifier"],
+        images=sample_files("stain", "images"),
+        positive_class=config["dataset"]["positive_class"],
     script:
         "../scripts/train_classifier.py"
 
@@ -34,21 +34,21 @@ rule evaluate_classifier:
         stain=shard_dirs("stain"),
     output:
         f"{RESULTS}/classifier/evaluation.json",
+    log:
+        f"{RESULTS}/logs/evaluate_classifier.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_classifier.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=4000,
     params:
         images=sample_files("stain", "images"),
         positive_class=config["dataset"]["positive_class"],
         batch_size=config["classifier"]["batch_size"],
         device=config["classifier"]["device"],
-    log:
-        f"{RESULTS}/logs/evaluate_classifier.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate_classifier.tsv"
-    threads: workflow.cores
-    resources:
-        gpu=1,
-        mem_mb=4000,
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/evaluate_classifier.py"
 
@@ -64,10 +64,10 @@ rule classifier_learning_curve:
         ),
     log:
         f"{RESULTS}/logs/classifier_learning_curve.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/classifier_learning_curve.py"

@@ -45,12 +45,16 @@ def _samples():
     if DEMO:
         images, _, masks = dataset_paths()
         names = demo_names(config["demo"]["n_images"])
-        return {n: f"{images}/{n}.png" for n in names}, {n: f"{masks}/{n}.png" for n in names}
+        return {n: f"{images}/{n}.png" for n in names}, {
+            n: f"{masks}/{n}.png" for n in names
+        }
     try:
         table = load_labels(DatasetSpec.from_config(dataset_config()))
     except DatasetError as err:
         raise WorkflowError(f"invalid dataset: {err}") from None
-    return dict(zip(table["name"], table["image"])), dict(zip(table["name"], table["mask"]))
+    return dict(zip(table["name"], table["image"])), dict(
+        zip(table["name"], table["mask"])
+    )
 
 
 SAMPLE_IMAGES, SAMPLE_MASKS = _samples()

@@ -9,6 +9,15 @@ rule pseudo_masks:
         truth=truth_inputs(),
     output:
         directory(f"{RESULTS}/pseudo_masks/shards/{{shard}}"),
+    log:
+        f"{RESULTS}/logs/pseudo_masks/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pseudo_masks/{{shard}}.tsv"
+    conda:
+        "../../envs/refine.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         names=shard_members("pseudo_masks"),
         images=sample_files("stain", "images"),
@@ -17,15 +26,6 @@ rule pseudo_masks:
         masks=SAMPLE_MASKS if HAS_MASKS else {},
         positive_class=config["dataset"]["positive_class"],
         refine=config["pseudo_masks"],
-    log:
-        f"{RESULTS}/logs/pseudo_masks/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/pseudo_masks/{{shard}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/refine.yaml"
     script:
         "../scripts/pseudo_masks.py"
 
@@ -47,11 +47,11 @@ rule pseudo_mask_quality:
         ),
     log:
         f"{RESULTS}/logs/pseudo_mask_quality.log",
+    conda:
+        "../../envs/refine.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        "../../envs/refine.yaml"
     script:
         "../scripts/pseudo_mask_quality.py"
 
@@ -69,6 +69,13 @@ rule pseudo_mask_figure:
             caption="../report/pseudo_mask_steps.rst",
             category="Pseudo-masks",
         ),
+    log:
+        f"{RESULTS}/logs/pseudo_mask_figure.log",
+    conda:
+        "../../envs/refine.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         images=sample_files("stain", "images"),
         cams=sample_files("cam", "cams", ".npy"),
@@ -79,12 +86,5 @@ rule pseudo_mask_figure:
         },
         masks=SAMPLE_MASKS if HAS_MASKS else {},
         n_images=6,
-    log:
-        f"{RESULTS}/logs/pseudo_mask_figure.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/refine.yaml"
     script:
         "../scripts/pseudo_mask_figure.py"
