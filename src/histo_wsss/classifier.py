@@ -502,18 +502,26 @@ def evaluate(labels: Sequence[int], probs: Sequence[float], threshold: float = 0
     }
 
 
-def is_improvement(metric: str, value: float, best: float | None) -> bool:
-    """Whether ``value`` of ``metric`` (``auc``/``accuracy``: higher is better, ``loss``: lower)
-    strictly beats ``best`` (``None``: nothing yet). NaN never improves; ties do not."""
+def is_improvement(metric: str, row: Mapping, best: Mapping | None) -> bool:
+    """Whether epoch ``row`` beats ``best`` (``None``: nothing yet) on ``metric``.
+
+    ``auc``/``accuracy``: higher is better, ``loss``: lower. A tie on ``auc`` or ``accuracy`` is
+    broken by a lower val loss (an AUC of 1.0 is often reached while the probabilities are still
+    badly calibrated); a complete tie does not improve. NaN never improves.
+    """
     if metric not in SELECTION_METRICS:
         raise ValueError(
             f"unknown selection metric {metric!r}; choose one of {tuple(SELECTION_METRICS)}"
         )
+    column = SELECTION_METRICS[metric]
+    value = row[column]
     if value is None or math.isnan(value):
         return False
-    if best is None or math.isnan(best):
+    if best is None or math.isnan(best[column]):
         return True
-    return value < best if metric == "loss" else value > best
+    sign = -1 if metric == "loss" else 1
+    key = (sign * value, -row["val_loss"])
+    return key > (sign * best[column], -best["val_loss"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,7 +696,7 @@ def _train(
         }
         rows.append(row)
         write_csv(metrics_path, pd.DataFrame(rows, columns=list(METRICS_COLUMNS)))
-        improved = is_improvement(metric, row[column], None if best is None else best[column])
+        improved = is_improvement(metric, row, best)
         if improved:
             best = {k: v for k, v in row.items() if k != "seconds"}
             _save_checkpoint(
