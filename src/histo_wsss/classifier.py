@@ -42,20 +42,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import albumentations as A
-import matplotlib
-import matplotlib.style
 import numpy as np
 import pandas as pd
 import torch
 import torchvision
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from histo_wsss.device import resolve_device
+from histo_wsss.figures import figure
 from histo_wsss.io import atomic_path, read_rgb, write_csv
 from histo_wsss.losses import ClassificationLoss
 
@@ -530,7 +527,7 @@ def is_improvement(metric: str, row: Mapping, best: Mapping | None) -> bool:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - for libraries that draw from numpy's global RNG
     torch.manual_seed(seed)
 
 
@@ -712,9 +709,10 @@ def _train(
         log.info(
             "epoch %d/%d: train_loss %.4f val_loss %.4f val_accuracy %.4f val_auc %.4f lr %.2e "
             "[%s] %.1f s%s",
-            epoch + 1, epochs, row["train_loss"], val_loss, row["val_accuracy"], row["val_auc"],
-            row["lr"], row["trainable"], row["seconds"], " (best so far, saved)" if improved else "",
-        )  # fmt: skip
+            *(epoch + 1, epochs, row["train_loss"], val_loss, row["val_accuracy"]),
+            *(row["val_auc"], row["lr"], row["trainable"], row["seconds"]),
+            " (best so far, saved)" if improved else "",
+        )
     if best is None:
         raise RuntimeError(f"no epoch had a finite {column}; no checkpoint was written")
     log.info("best epoch %d: %s %.4f -> %s", best["epoch"], column, best[column], checkpoint_path)
@@ -784,13 +782,6 @@ def predict(
 # Figure
 
 
-_METADATA = {
-    "png": {"Software": None},
-    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
-    "svg": {"Creator": None, "Date": None},
-}
-
-
 def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi: int = 120) -> None:
     """Plot the metrics CSV of :func:`train` (losses, val accuracy, val AUC, LR vs epoch).
 
@@ -802,17 +793,12 @@ def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi:
     missing = [c for c in METRICS_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{metrics_csv}: not a classifier metrics CSV (missing {missing})")
-    fmt = Path(path).suffix.lower().lstrip(".")
-    if fmt not in _METADATA:
-        raise ValueError(f"{path}: unsupported figure format {fmt!r}; use png, pdf or svg")
     epochs = table["epoch"].to_numpy()
+    trainable = table["trainable"].tolist()
     changes = [
-        e for e, prev, cur in zip(epochs[1:], table["trainable"][:-1], table["trainable"][1:])
-        if prev != cur
-    ]  # fmt: skip
-    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": "histo"}):
-        fig = Figure(figsize=(10, 7), layout="constrained")
-        FigureCanvasAgg(fig)
+        e for e, prev, cur in zip(epochs[1:], trainable, trainable[1:], strict=False) if prev != cur
+    ]
+    with figure(path, (10, 7), dpi) as fig:
         axes = fig.subplots(2, 2, sharex=True).ravel()
         axes[0].plot(epochs, table["train_loss"], "o-", label="train")
         axes[0].plot(epochs, table["val_loss"], "s-", label="val")
@@ -833,5 +819,3 @@ def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi:
         for ax in axes[2:]:
             ax.set_xlabel("epoch (0-based)")
         fig.suptitle("classifier learning curve (dotted: unfreezing steps)")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
