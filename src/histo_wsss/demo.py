@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from histo_wsss.io import atomic_path, read_mask, read_rgb, write_csv, write_png
+from histo_wsss.figures import figure
+from histo_wsss.io import read_mask, read_rgb, write_csv, write_png
 
 COLUMNS = (
     "Image Name",
@@ -407,27 +408,20 @@ def generate(spec: DemoSpec, out_dir: str | os.PathLike) -> pd.DataFrame:
 
 def contact_sheet(out_dir: str | os.PathLike, path: str | os.PathLike, n: int = 16) -> None:
     """Save a grid of ``n`` demo images (both classes, by name) with mask outlines and labels."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     out_dir = Path(out_dir)
     table = pd.read_csv(out_dir / "labels.csv")
     first = table.groupby(COLUMNS[1], sort=False).head((n + 1) // 2)  # both classes shown
     chosen = pd.concat([first, table.drop(first.index)]).head(n).sort_index()
     cols = int(np.ceil(np.sqrt(len(chosen))))
     rows = int(np.ceil(len(chosen) / cols))
-    fig = Figure(figsize=(2.2 * cols, 2.45 * rows))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
-        name = row[COLUMNS[0]]
-        ax.imshow(read_rgb(out_dir / "images" / name), interpolation="nearest")
-        mask = read_mask(out_dir / "masks" / name)
-        if mask.any():
-            ax.contour(mask.astype(float), levels=[0.5], colors="#00ff66", linewidths=1.0)
-        ax.set_title(f"{Path(name).stem}\n{row[COLUMNS[1]]}", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    with figure(path, (2.2 * cols, 2.45 * rows)) as fig:
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
+            name = row[COLUMNS[0]]
+            ax.imshow(read_rgb(out_dir / "images" / name), interpolation="nearest")
+            mask = read_mask(out_dir / "masks" / name)
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors="#00ff66", linewidths=1.0)
+            ax.set_title(f"{Path(name).stem}\n{row[COLUMNS[1]]}", fontsize=8)
