@@ -159,3 +159,126 @@ def test_device_auto_is_cpu_here_and_cuda_is_a_clear_error():
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA"):
         resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# Further checks: exact reproducibility, what freezing really keeps fixed, config and file errors
+
+
+def test_training_checkpoint_and_metrics_bytes_are_identical(trained):
+    root, _, _ = trained
+    assert (root / "a" / "m.pt").read_bytes() == (root / "b" / "m.pt").read_bytes()
+    strip = [  # every column but the last one, the wall-clock seconds
+        [line.rsplit(",", 1)[0] for line in (root / run / "m.csv").read_text().splitlines()]
+        for run in ("a", "b")
+    ]
+    assert strip[0] == strip[1]
+
+
+def test_checkpoint_holds_the_selected_epoch(trained):
+    root, items, [(best, metrics), _] = trained
+    ckpt = torch.load(root / "a" / "m.pt", weights_only=True)
+    assert set(ckpt) == {"arch", "state_dict", "epoch", "metrics", "config"}
+    assert ckpt["arch"] == "resnet18" and ckpt["config"]["epochs"] == CFG["epochs"]
+    # default selection: highest val AUC, ties -> lowest val loss, then the earliest epoch
+    order = metrics.sort_values(["val_auc", "val_loss", "epoch"], ascending=[False, True, True])
+    assert ckpt["epoch"] == best["epoch"] == int(order["epoch"].iloc[0])
+    assert ckpt["metrics"] == best and "seconds" not in best
+    probs = predict(load_checkpoint(root / "a" / "m.pt"), [p for p, _ in items[12:]], 3, "cpu")
+    labels = [label for _, label in items[12:]]
+    assert evaluate(labels, probs)["accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_a_frozen_epoch_changes_only_the_head(tmp_path):
+    """All blocks frozen: backbone weights AND BatchNorm running statistics stay as loaded."""
+    items = _squares(tmp_path, n=8, size=32)
+    torch.manual_seed(3)
+    state = resnet18(weights=None).state_dict()
+    torch.save(state, tmp_path / "init.pth")
+    cfg = {**CFG, "epochs": 1, "weights": str(tmp_path / "init.pth"), "selection_metric": "loss"}
+    cfg["unfreeze"] = dict.fromkeys(PAPER, 1)
+    train(items[:6], items[6:], cfg, tmp_path / "m.pt", tmp_path / "m.csv")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(saved[key], value), key
+    initial_fc = build_model("resnet18", tmp_path / "init.pth").fc.weight
+    assert not torch.equal(saved["fc.weight"], initial_fc)
+
+
+def test_auc_selection_needs_both_classes_in_val(tmp_path):
+    items = _squares(tmp_path, n=6, size=32)
+    positives = [item for item in items if item[1] == 1]
+    with pytest.raises(ValueError, match="both classes"):
+        train(items, positives, {**CFG, "selection_metric": "auc"}, tmp_path / "m", tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"unfreeze": {"layer5": 3}}, "unfreeze.layer5"),
+        ({"augment": {"blur": 1}}, "augment.blur"),
+        ({"arch": "vgg16"}, "arch"),
+        ({"selection_metric": "f1"}, "selection_metric"),
+        ({"epochs": 0}, "epochs"),
+        ({"unfreeze": {"stem": -1}}, "unfreeze.stem"),
+    ],
+)
+def test_bad_config_values_are_named(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(cfg)
+
+
+def test_config_merges_nested_sections_over_the_defaults():
+    cfg = resolve_config({"unfreeze": {"layer4": 1}, "augment": {"hue": 0.0}})
+    assert cfg["unfreeze"] == {**PAPER, "layer4": 1}
+    assert cfg["augment"]["hue"] == 0.0 and cfg["augment"]["brightness"] == 0.1
+    assert resolve_config()["unfreeze"] == PAPER  # the defaults themselves are untouched
+
+
+def test_file_problems_name_the_file(tmp_path):
+    from torchvision.models import resnet50
+
+    torch.save(resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(ValueError, match=r"r50\.pth.*shape mismatches"):
+        build_model("resnet18", tmp_path / "r50.pth")
+    old = {k: v for k, v in resnet18(weights=None).state_dict().items()}
+    old = {k: v for k, v in old.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pth")  # old torchvision files lack num_batches_tracked
+    assert torch.equal(
+        build_model("resnet18", tmp_path / "old.pth").conv1.weight, old["conv1.weight"]
+    )
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=r"junk\.pt: cannot read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match=r"gone\.pt: classifier checkpoint not found"):
+        load_checkpoint(tmp_path / "gone.pt")
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"])
+def test_cuda_without_cuda_is_a_clear_error_on_any_machine(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device(name)
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu")
+
+
+def test_flips_are_drawn_independently():
+    """albumentations seeds every transform of a Compose alike (flips would always coincide);
+    the dataset seeds each transform separately, so all four flip combinations occur."""
+    from histo_wsss.classifier import _augmentation, _ImageDataset, preprocess
+
+    off = {"rotate90": False, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
+    img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(1, 4, 4, 3)
+    data = _ImageDataset(
+        img, np.array([0]), _augmentation(resolve_config({"augment": off})["augment"]), 0
+    )
+    variants = [img[0], img[0][:, ::-1], img[0][::-1], img[0][::-1, ::-1]]
+    seen = set()
+    for epoch in range(40):
+        data.epoch = epoch
+        out = data[0][0]
+        seen.add(next(i for i, v in enumerate(variants) if torch.equal(out, preprocess(v.copy()))))
+    assert seen == {0, 1, 2, 3}

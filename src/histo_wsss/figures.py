@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.style
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -83,3 +85,467 @@ def pseudo_mask_steps(
             row[0].set_ylabel(name, fontsize=8)
         for ax, title in zip(axes[0], columns, strict=True):
             ax.set_title(title, fontsize=9)
+
+
+# --- segmentation results (paper Figures 2-4) ------------------------------------------------
+
+#: Error-map colours (paper Figure 3): white TP, red FP, blue FN, black TN.
+ERROR_COLORS = {
+    "TP": (255, 255, 255),
+    "FP": (255, 0, 0),
+    "FN": (0, 0, 255),
+    "TN": (0, 0, 0),
+}
+ERROR_LABELS = {
+    "TP": "TP: predicted, in reference",
+    "FP": "FP: predicted, not in reference",
+    "FN": "FN: missed",
+    "TN": "TN: background",
+}
+OVERLAY_COLOR = (255, 0, 0)
+OVERLAY_ALPHA = 0.45
+PROB_CMAP = "jet"
+UNCERTAINTY_CMAP = "viridis"
+
+
+def _mask(array: np.ndarray) -> np.ndarray:
+    """Boolean mask from a boolean or 0/255 (any non-zero = foreground) 2-D array."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {array.shape}")
+    return array if array.dtype == bool else array > 0
+
+
+def _prob(array: np.ndarray) -> np.ndarray:
+    prob = np.asarray(array, dtype=np.float64)
+    if prob.ndim != 2:
+        raise ValueError(f"expected a 2-D probability map, got shape {prob.shape}")
+    if not (np.isfinite(prob).all() and (prob >= 0).all() and (prob <= 1).all()):
+        raise ValueError("probabilities must be finite and in [0, 1]")
+    return prob
+
+
+def _same_shape(*arrays: np.ndarray) -> None:
+    shapes = {np.shape(a)[:2] for a in arrays if a is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"image, mask and probability shapes differ: {sorted(shapes)}")
+
+
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = OVERLAY_COLOR,
+    alpha: float = OVERLAY_ALPHA,
+) -> np.ndarray:
+    """``image`` (HxWx3 uint8) with ``color`` blended in at ``alpha`` where ``mask`` is set."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+    mask = _mask(mask)
+    _same_shape(image, mask)
+    out = image.astype(np.float64)
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, dtype=np.float64)
+    return np.round(out).astype(np.uint8)
+
+
+def error_map_rgb(pred: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 error map: white TP, red FP, blue FN, black TN (:data:`ERROR_COLORS`)."""
+    pred, reference = _mask(pred), _mask(reference)
+    if pred.shape != reference.shape:
+        raise ValueError(f"shape mismatch: pred {pred.shape} vs reference {reference.shape}")
+    out = np.zeros((*pred.shape, 3), dtype=np.uint8)
+    out[pred & reference] = ERROR_COLORS["TP"]
+    out[pred & ~reference] = ERROR_COLORS["FP"]
+    out[~pred & reference] = ERROR_COLORS["FN"]
+    out[~pred & ~reference] = ERROR_COLORS["TN"]
+    return out
+
+
+def uncertainty(prob: np.ndarray) -> np.ndarray:
+    """Pixel uncertainty ``U = 1 - 2 |p - 0.5|`` (paper §3): 1 at p = 0.5, 0 at p = 0 or 1."""
+    return 1.0 - 2.0 * np.abs(_prob(prob) - 0.5)
+
+
+def _off(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _error_legend(fig: Figure) -> None:
+    from matplotlib.patches import Patch
+
+    ncols = 4 if fig.get_figwidth() >= 7.5 else 2
+    handles = [
+        Patch(facecolor=np.asarray(ERROR_COLORS[k]) / 255, edgecolor="black", label=ERROR_LABELS[k])
+        for k in ERROR_COLORS
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
+
+
+def _check_examples(examples: Sequence[Mapping], keys: Sequence[str]) -> None:
+    if not examples:
+        raise ValueError("no examples to draw")
+    for i, ex in enumerate(examples):
+        missing = [k for k in keys if k not in ex]
+        if missing:
+            raise KeyError(f"example {i} ({ex.get('name', '')!r}) lacks {missing}")
+
+
+def load_example(
+    image_path: str | os.PathLike,
+    prob_path: str | os.PathLike,
+    pseudo_path: str | os.PathLike,
+    truth_path: str | os.PathLike | None = None,
+    name: str = "",
+) -> dict:
+    """Read one evaluated image into the dict the ``*_panels``/``*_maps`` functions take.
+
+    Keys: ``name``, ``image`` (uint8 RGB), ``prob`` (float32), ``pseudo`` (bool) and, with a
+    non-empty ``truth_path``, ``truth`` (bool).
+    """
+    example = {
+        "name": name,
+        "image": read_rgb(image_path),
+        "prob": np.load(prob_path).astype(np.float32),
+        "pseudo": read_mask(pseudo_path),
+    }
+    if truth_path:
+        example["truth"] = read_mask(truth_path)
+    return example
+
+
+def segmentation_panel(
+    image: np.ndarray,
+    pseudo: np.ndarray,
+    prob: np.ndarray,
+    path: str | os.PathLike,
+    threshold: float = 0.5,
+    title: str = "",
+) -> None:
+    """Paper Figure 2 for one image.
+
+    Top row: original image, pseudo-mask, predicted mask (``prob >= threshold``). Bottom row:
+    predicted probability map (``jet``, 0-1, with colour bar), pseudo-mask overlaid on the image,
+    prediction overlaid on the image (red, alpha :data:`OVERLAY_ALPHA`).
+    """
+    pseudo, p = _mask(pseudo), _prob(prob)
+    _same_shape(image, pseudo, p)
+    pred = p >= threshold
+    with figure(path, (9.6, 6.6)) as fig:
+        axes = fig.subplots(2, 3)
+        panels = [
+            (np.asarray(image), "original image"),
+            (pseudo, "pseudo-mask"),
+            (pred, f"predicted mask (p ≥ {threshold:g})"),
+        ]
+        for ax, (panel, name) in zip(axes[0], panels, strict=True):
+            if panel.ndim == 3:
+                ax.imshow(panel)
+            else:
+                ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(name, fontsize=10)
+        im = axes[1, 0].imshow(p, cmap=PROB_CMAP, vmin=0, vmax=1)
+        fig.colorbar(im, ax=axes[1, 0], fraction=0.046, pad=0.04, label="probability")
+        axes[1, 0].set_title("predicted probability", fontsize=10)
+        axes[1, 1].imshow(overlay(image, pseudo))
+        axes[1, 1].set_title("pseudo-mask overlay", fontsize=10)
+        axes[1, 2].imshow(overlay(image, pred))
+        axes[1, 2].set_title("prediction overlay", fontsize=10)
+        for ax in axes.ravel():
+            _off(ax)
+        if title:
+            fig.suptitle(title)
+
+
+def segmentation_panels(
+    examples: Sequence[Mapping], path: str | os.PathLike, threshold: float = 0.5, title: str = ""
+) -> None:
+    """Paper Figure 2 for several images: one row per example.
+
+    ``examples``: dicts with ``image``, ``pseudo``, ``prob`` and optionally ``name`` (row label)
+    and ``truth`` (a ground-truth column is added when every example has one). Columns: image,
+    pseudo-mask, [ground truth,] predicted mask, probability map (shared colour bar), pseudo-mask
+    overlay, prediction overlay.
+    """
+    _check_examples(examples, ("image", "pseudo", "prob"))
+    with_truth = all("truth" in ex for ex in examples)
+    columns = ["image", "pseudo-mask", *(["ground truth"] if with_truth else [])]
+    columns += [f"prediction (p ≥ {threshold:g})", "probability", "pseudo overlay"]
+    columns += ["prediction overlay"]
+    with figure(path, (1.9 * len(columns) + 0.6, 1.9 * len(examples) + 0.8)) as fig:
+        axes = fig.subplots(len(examples), len(columns), squeeze=False)
+        im = None
+        for row, ex in zip(axes, examples, strict=True):
+            image, pseudo, p = np.asarray(ex["image"]), _mask(ex["pseudo"]), _prob(ex["prob"])
+            truth = _mask(ex["truth"]) if with_truth else None
+            _same_shape(image, pseudo, p, truth)
+            pred = p >= threshold
+            cells = iter(row)
+            next(cells).imshow(image)
+            next(cells).imshow(pseudo, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if with_truth:
+                next(cells).imshow(truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            next(cells).imshow(pred, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            im = next(cells).imshow(p, cmap=PROB_CMAP, vmin=0, vmax=1)
+            next(cells).imshow(overlay(image, pseudo))
+            next(cells).imshow(overlay(image, pred))
+            row[0].set_ylabel(str(ex.get("name", "")), fontsize=8)
+            for ax in row:
+                _off(ax)
+        for ax, name in zip(axes[0], columns, strict=True):
+            ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=axes, shrink=0.6, label="probability")
+        if title:
+            fig.suptitle(title)
+
+
+def error_map(
+    pred: np.ndarray,
+    reference: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+    image: np.ndarray | None = None,
+) -> None:
+    """Paper Figure 3 for one image: the :func:`error_map_rgb` (beside ``image`` if given)."""
+    rgb = error_map_rgb(pred, reference)
+    _same_shape(image, rgb)
+    n = 1 if image is None else 2
+    with figure(path, (3.6 * n + 0.4, 4.4)) as fig:
+        axes = fig.subplots(1, n, squeeze=False)[0]
+        if image is not None:
+            axes[0].imshow(np.asarray(image))
+            axes[0].set_title("image", fontsize=10)
+        axes[-1].imshow(rgb, interpolation="nearest")
+        axes[-1].set_title("error map", fontsize=10)
+        for ax in axes:
+            _off(ax)
+        _error_legend(fig)
+        if title:
+            fig.suptitle(title)
+
+
+def error_maps(examples: Sequence[Mapping], path: str | os.PathLike, title: str = "") -> None:
+    """Paper Figure 3 for several images: one row per example, one legend.
+
+    ``examples``: dicts with ``pred`` and ``reference`` (masks), optionally ``image`` (drawn to
+    the left when every example has one) and ``name`` (row label).
+    """
+    _check_examples(examples, ("pred", "reference"))
+    with_image = all("image" in ex for ex in examples)
+    n = 2 if with_image else 1
+    with figure(path, (2.4 * n + 0.6, 2.4 * len(examples) + 0.9)) as fig:
+        axes = fig.subplots(len(examples), n, squeeze=False)
+        for row, ex in zip(axes, examples, strict=True):
+            rgb = error_map_rgb(ex["pred"], ex["reference"])
+            if with_image:
+                _same_shape(ex["image"], rgb)
+                row[0].imshow(np.asarray(ex["image"]))
+            row[-1].imshow(rgb, interpolation="nearest")
+            row[0].set_ylabel(str(ex.get("name", "")), fontsize=8)
+            for ax in row:
+                _off(ax)
+        axes[0, -1].set_title("error map", fontsize=9)
+        if with_image:
+            axes[0, 0].set_title("image", fontsize=9)
+        _error_legend(fig)
+        if title:
+            fig.suptitle(title)
+
+
+def uncertainty_map(
+    prob: np.ndarray,
+    path: str | os.PathLike,
+    image: np.ndarray | None = None,
+    title: str = "",
+) -> None:
+    """Paper Figure 4 for one image: :func:`uncertainty` (``viridis``, 0-1, colour bar)."""
+    u = uncertainty(prob)
+    _same_shape(image, u)
+    n = 1 if image is None else 2
+    with figure(path, (3.6 * n + 0.8, 3.9)) as fig:
+        axes = fig.subplots(1, n, squeeze=False)[0]
+        if image is not None:
+            axes[0].imshow(np.asarray(image))
+            axes[0].set_title("image", fontsize=10)
+        im = axes[-1].imshow(u, cmap=UNCERTAINTY_CMAP, vmin=0, vmax=1)
+        axes[-1].set_title("uncertainty 1 − 2|p − 0.5|", fontsize=10)
+        fig.colorbar(im, ax=axes[-1], fraction=0.046, pad=0.04, label="uncertainty")
+        for ax in axes:
+            _off(ax)
+        if title:
+            fig.suptitle(title)
+
+
+def uncertainty_maps(examples: Sequence[Mapping], path: str | os.PathLike, title: str = "") -> None:
+    """Paper Figure 4 for several images: one row per example, one shared colour bar.
+
+    ``examples``: dicts with ``prob``, optionally ``image`` (drawn to the left when every example
+    has one) and ``name`` (row label).
+    """
+    _check_examples(examples, ("prob",))
+    with_image = all("image" in ex for ex in examples)
+    n = 2 if with_image else 1
+    with figure(path, (2.4 * n + 1.2, 2.4 * len(examples) + 0.6)) as fig:
+        axes = fig.subplots(len(examples), n, squeeze=False)
+        im = None
+        for row, ex in zip(axes, examples, strict=True):
+            u = uncertainty(ex["prob"])
+            if with_image:
+                _same_shape(ex["image"], u)
+                row[0].imshow(np.asarray(ex["image"]))
+            im = row[-1].imshow(u, cmap=UNCERTAINTY_CMAP, vmin=0, vmax=1)
+            row[0].set_ylabel(str(ex.get("name", "")), fontsize=8)
+            for ax in row:
+                _off(ax)
+        axes[0, -1].set_title("uncertainty 1 − 2|p − 0.5|", fontsize=9)
+        if with_image:
+            axes[0, 0].set_title("image", fontsize=9)
+        fig.colorbar(im, ax=axes, shrink=0.6, label="uncertainty")
+        if title:
+            fig.suptitle(title)
+
+
+# --- summary table and learning curves -------------------------------------------------------
+
+#: Columns of :func:`metrics_table_rows` after ``split`` and their labels in :func:`metrics_table`.
+METRICS_TABLE_COLUMNS = {
+    "n_images": "images",
+    "n_positive": "positive images",
+    "pseudo_iou_positive_mean": "IoU vs pseudo-mask (mean over positives)",
+    "truth_iou_positive_mean": "IoU vs ground truth (mean over positives)",
+    "pseudo_dice_positive_mean": "Dice vs pseudo-mask (mean over positives)",
+    "truth_dice_positive_mean": "Dice vs ground truth (mean over positives)",
+    "pseudo_iou_pooled": "IoU vs pseudo-mask (pooled, all images)",
+    "truth_iou_pooled": "IoU vs ground truth (pooled, all images)",
+    "pseudo_dice_pooled": "Dice vs pseudo-mask (pooled, all images)",
+    "truth_dice_pooled": "Dice vs ground truth (pooled, all images)",
+    "head_accuracy": "head accuracy (p ≥ 0.5)",
+    "head_auc": "head ROC AUC",
+    "negative_fp_rate": "negatives with any predicted pixel",
+}
+
+
+def metrics_table_rows(summary: Mapping) -> pd.DataFrame:
+    """One row per split of a :func:`histo_wsss.evaluation.summarize` dict (splits in its order).
+
+    Columns: ``split`` then :data:`METRICS_TABLE_COLUMNS` (``pseudo_*`` and ``truth_*`` side by
+    side). ``truth_*`` columns are left out when no split has ground truth; missing or ``None``
+    values are NaN.
+    """
+    with_truth = any("truth" in entry for entry in summary.values())
+    rows = []
+    for split, entry in summary.items():
+        row = {"split": split}
+        for col in METRICS_TABLE_COLUMNS:
+            ref, _, rest = col.partition("_")
+            if ref in ("pseudo", "truth"):
+                metric, _, agg = rest.partition("_")
+                block = entry.get("pseudo", {}).get(agg)
+                value = (block or {}).get(metric)
+            else:
+                value = entry.get(col)
+            row[col] = math.nan if value is None else value
+        rows.append(row)
+    columns = ["split"] + [c for c in METRICS_TABLE_COLUMNS if with_truth or "truth_" not in c]
+    table = pd.DataFrame(rows, columns=columns)
+    for col in ("n_images", "n_positive"):
+        table[col] = table[col].astype("Int64")
+    return table
+
+
+def _cell(value: object) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return f"{float(value):.4f}"
+
+
+def metrics_table(summary: Mapping, path: str | os.PathLike, title: str = "") -> None:
+    """Render :func:`metrics_table_rows` as a table figure: one row per metric, one column per
+    split (4 decimals; "–" where a value is missing or undefined)."""
+    table = metrics_table_rows(summary)
+    metrics = [c for c in table.columns if c != "split"]
+    cells = [[METRICS_TABLE_COLUMNS[c], *(_cell(v) for v in table[c])] for c in metrics]
+    n = len(table)
+    with figure(path, (3.4 + 1.0 * n, 0.28 * (len(metrics) + 1) + 0.6)) as fig:
+        ax = fig.subplots()
+        ax.axis("off")
+        tab = ax.table(
+            cellText=cells,
+            colLabels=["metric", *(str(s) for s in table["split"])],
+            colWidths=[3.2 / (3.2 + n), *([1 / (3.2 + n)] * n)],
+            cellLoc="center",
+            bbox=[0, 0, 1, 1],
+        )
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+        for (row, col), cell in tab.get_celld().items():
+            if col == 0 and row > 0:
+                cell.get_text().set_horizontalalignment("left")
+                cell.PAD = 0.02
+            if row == 0:
+                cell.get_text().set_fontweight("bold")
+        fig.suptitle(title or "segmentation and head metrics per split", fontsize=10)
+
+
+CLASSIFIER_CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr")
+SEGMENTATION_CURVE_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_iou",
+    "val_iou_positive_mean",
+    "val_head_accuracy",
+    "lr",
+)
+
+
+def _read_curve(path: str | os.PathLike, columns: Sequence[str], what: str) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not a {what} metrics CSV (missing {missing})")
+    return table
+
+
+def learning_curves(
+    classifier_csv: str | os.PathLike,
+    segmentation_csv: str | os.PathLike,
+    path: str | os.PathLike,
+) -> None:
+    """Both models' learning curves in one figure: one row per model.
+
+    Columns: train/val loss, validation scores (classifier: ``val_accuracy``, ``val_auc``;
+    segmentation: ``val_iou``, ``val_iou_positive_mean``, ``val_head_accuracy``), learning rate
+    (log scale when all positive). Columns beyond those named are ignored.
+    """
+    classifier = _read_curve(classifier_csv, CLASSIFIER_CURVE_COLUMNS, "classifier")
+    segmentation = _read_curve(segmentation_csv, SEGMENTATION_CURVE_COLUMNS, "segmentation")
+    models = [
+        ("classifier", classifier, ("val_accuracy", "val_auc")),
+        ("segmentation", segmentation, SEGMENTATION_CURVE_COLUMNS[3:6]),
+    ]
+    with figure(path, (12, 6.4)) as fig:
+        axes = fig.subplots(2, 3)
+        for row, (model, table, scores) in zip(axes, models, strict=True):
+            epochs = table["epoch"].to_numpy()
+            row[0].plot(epochs, table["train_loss"], "o-", markersize=3, label="train")
+            row[0].plot(epochs, table["val_loss"], "s-", markersize=3, label="val")
+            row[0].set_ylabel(f"{model}\nloss")
+            for i, col in enumerate(scores):
+                row[1].plot(epochs, table[col], "o-", markersize=3, color=f"C{i + 2}", label=col)
+            row[1].set_ylim(-0.02, 1.02)
+            row[1].set_ylabel("validation score")
+            lr = table["lr"].to_numpy(dtype=np.float64)
+            row[2].plot(epochs, lr, "o-", markersize=3, color="C5")
+            if len(lr) and (lr > 0).all():
+                row[2].set_yscale("log")
+            row[2].set_ylabel("learning rate")
+            for ax in row:
+                ax.grid(True, alpha=0.3)
+            for ax in row[:2]:
+                ax.legend(fontsize=8)
+        for ax in axes[1]:
+            ax.set_xlabel("epoch")
+        fig.suptitle("learning curves: classifier (top), segmentation network (bottom)")

@@ -1,0 +1,215 @@
+"""Tests of per-image evaluation and its per-split summary, on hand-counted 4x4 masks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from histo_wsss.evaluation import evaluate_images, has_path, predicted_mask, summarize
+from histo_wsss.io import write_png
+from histo_wsss.metrics import METRICS
+
+
+def grid(rows: list[str]) -> np.ndarray:
+    return np.array([[c == "1" for c in r] for r in rows])
+
+
+EMPTY = grid(["0000"] * 4)
+# Image A (positive). Prediction p >= 0.5: 1100/1100/0000/0000 (0.5 itself counts, 0.4 not).
+PROB_A = np.array(
+    [[0.9, 0.8, 0.1, 0.0], [0.6, 0.5, 0.4, 0.0], [0.0] * 4, [0.0] * 4], dtype=np.float16
+)
+PSEUDO_A = grid(["0110", "0110", "0000", "0000"])  # tp 2, fp 2, fn 2, tn 10
+TRUTH_A = grid(["1000", "1000", "1000", "0000"])  # tp 2, fp 2, fn 1, tn 11
+# Image B (negative): two predicted pixels, empty pseudo-mask -> tp 0, fp 2, fn 0, tn 14.
+PROB_B = np.where(grid(["0000", "0011", "0000", "0000"]), 0.7, 0.2).astype(np.float16)
+# Image C (negative): nothing predicted -> tn 16.
+PROB_C = np.full((4, 4), 0.3, dtype=np.float16)
+# Image D (positive): nothing predicted, one pseudo-mask pixel -> fn 1, tn 15.
+PSEUDO_D = grid(["0000", "0000", "0100", "0000"])
+
+
+def write_image(tmp_path, name, split, label, head_prob, prob, pseudo, truth=None) -> dict:
+    np.save(tmp_path / f"{name}.npy", prob)
+    write_png(tmp_path / f"{name}_pseudo.png", pseudo)
+    row = {
+        "name": name,
+        "split": split,
+        "label": label,
+        "prob_path": str(tmp_path / f"{name}.npy"),
+        "head_prob": head_prob,
+        "pseudo_path": str(tmp_path / f"{name}_pseudo.png"),
+        "truth_path": "",
+    }
+    if truth is not None:
+        write_png(tmp_path / f"{name}_truth.png", truth)
+        row["truth_path"] = str(tmp_path / f"{name}_truth.png")
+    return row
+
+
+@pytest.fixture
+def rows(tmp_path) -> list[dict]:
+    return [
+        write_image(tmp_path, "A", "val", 1, 0.9, PROB_A, PSEUDO_A, TRUTH_A),
+        write_image(tmp_path, "B", "val", 0, 0.6, PROB_B, EMPTY),
+        write_image(tmp_path, "C", "val", 0, 0.1, PROB_C, EMPTY),
+        write_image(tmp_path, "D", "val", 1, 0.4, np.zeros((4, 4), np.float16), PSEUDO_D),
+        # a test split with one positive image only, head probability exactly at 0.5
+        write_image(tmp_path, "E", "test", 1, 0.5, PROB_A, PSEUDO_A),
+    ]
+
+
+def test_predicted_mask_threshold_is_inclusive():
+    assert predicted_mask(PROB_A).tolist() == grid(["1100", "1100", "0000", "0000"]).tolist()
+    assert np.count_nonzero(predicted_mask(PROB_A, 0.55)) == 3
+    with pytest.raises(ValueError, match="NaN"):
+        predicted_mask(np.array([[np.nan]]))
+
+
+def test_has_path():
+    assert has_path("a.png")
+    assert not has_path("")
+    assert not has_path(None)
+    assert not has_path(math.nan)
+
+
+def test_per_image_counts_and_scores_by_hand(rows):
+    table = evaluate_images(rows).set_index("name")
+    a = table.loc["A"]
+    assert (a.pseudo_tp, a.pseudo_fp, a.pseudo_fn, a.pseudo_tn) == (2, 2, 2, 10)
+    assert a.pseudo_iou == pytest.approx(2 / 6)
+    assert a.pseudo_dice == pytest.approx(4 / 8)
+    assert a.pseudo_precision == pytest.approx(2 / 4)
+    assert a.pseudo_recall == pytest.approx(2 / 4)
+    assert a.pseudo_pixel_accuracy == pytest.approx(12 / 16)
+    assert (a.truth_tp, a.truth_fp, a.truth_fn, a.truth_tn) == (2, 2, 1, 11)
+    assert a.truth_iou == pytest.approx(2 / 5)
+    assert a.truth_dice == pytest.approx(4 / 7)
+    assert a.truth_precision == pytest.approx(2 / 4)
+    assert a.truth_recall == pytest.approx(2 / 3)
+    assert a.truth_pixel_accuracy == pytest.approx(13 / 16)
+    assert a.pred_area == 4 and a.n_pixels == 16 and a.pred_area_fraction == 0.25
+    assert bool(a.any_positive_pixel) and a.head_prob == 0.9 and a.label == 1
+    b = table.loc["B"]
+    assert (b.pseudo_tp, b.pseudo_fp, b.pseudo_fn, b.pseudo_tn) == (0, 2, 0, 14)
+    assert b.pseudo_iou == 0.0 and b.pseudo_recall == 1.0  # empty-reference convention
+    assert math.isnan(b.truth_iou)  # B has no ground truth
+    c = table.loc["C"]
+    assert not c.any_positive_pixel and c.pred_area == 0
+    assert c.pseudo_iou == 1.0 and c.pseudo_precision == 1.0  # both empty: perfect
+    d = table.loc["D"]
+    assert (d.pseudo_tp, d.pseudo_fp, d.pseudo_fn, d.pseudo_tn) == (0, 0, 1, 15)
+    assert d.pseudo_iou == 0.0 and d.pseudo_precision == 1.0 and d.pseudo_recall == 0.0
+    assert list(table.index) == ["A", "B", "C", "D", "E"]
+    assert list(table["split"]) == ["val"] * 4 + ["test"]
+
+
+def test_threshold_argument(rows):
+    table = evaluate_images(rows[:1], threshold=0.55)
+    assert table.loc[0, "pred_area"] == 3
+    assert (table.loc[0, "pseudo_tp"], table.loc[0, "pseudo_fp"]) == (1, 2)
+
+
+def test_positive_mean_differs_from_pooled(rows):
+    val = summarize(evaluate_images(rows))["val"]
+    pos, pooled = val["pseudo"]["positive_mean"], val["pseudo"]["pooled"]
+    # positive images A (iou 1/3) and D (iou 0); negatives B and C are skipped
+    assert pos["iou"] == pytest.approx((2 / 6 + 0) / 2)
+    assert pos["dice"] == pytest.approx((4 / 8 + 0) / 2)
+    assert pos["precision"] == pytest.approx((0.5 + 1.0) / 2)
+    assert pos["recall"] == pytest.approx((0.5 + 0.0) / 2)
+    assert pos["pixel_accuracy"] == pytest.approx((12 / 16 + 15 / 16) / 2)
+    assert val["pseudo"]["n_positive"] == 2 and val["pseudo"]["n_images"] == 4
+    assert val["pseudo"]["n_positive_empty_reference"] == 0
+    # pooled over A, B, C, D: tp 2, fp 4, fn 3, tn 55
+    assert {k: pooled[k] for k in ("tp", "fp", "fn", "tn")} == {
+        "tp": 2,
+        "fp": 4,
+        "fn": 3,
+        "tn": 55,
+    }
+    assert pooled["iou"] == pytest.approx(2 / 9)
+    assert pooled["dice"] == pytest.approx(4 / 11)
+    assert pooled["precision"] == pytest.approx(2 / 6)
+    assert pooled["recall"] == pytest.approx(2 / 5)
+    assert pooled["pixel_accuracy"] == pytest.approx(57 / 64)
+    assert pos["iou"] != pytest.approx(pooled["iou"])
+
+
+def test_negative_false_positive_rate_and_area(rows):
+    val = summarize(evaluate_images(rows))["val"]
+    assert (val["n_images"], val["n_positive"], val["n_negative"]) == (4, 2, 2)
+    assert val["negative_fp_rate"] == 0.5  # B has predicted pixels, C none
+    assert val["negative_mean_area_fraction"] == pytest.approx((2 / 16 + 0) / 2)
+    assert val["positive_mean_area_fraction"] == pytest.approx((4 / 16 + 0) / 2)
+
+
+def test_head_accuracy_and_auc(rows):
+    summary = summarize(evaluate_images(rows))
+    # val: A 0.9 (1, right), D 0.4 (1, wrong), B 0.6 (0, wrong), C 0.1 (0, right)
+    assert summary["val"]["head_accuracy"] == 0.5
+    # positive/negative pairs ranked right: 0.9>0.6, 0.9>0.1, 0.4>0.1 (not 0.4>0.6): 3 of 4
+    assert summary["val"]["head_auc"] == 0.75
+    # test: one positive image at exactly 0.5 counts as predicted positive; AUC undefined
+    assert summary["test"]["head_accuracy"] == 1.0
+    assert summary["test"]["head_auc"] is None
+
+
+def test_nan_becomes_none_and_json_ready(rows):
+    summary = summarize(evaluate_images(rows))
+    test = summary["test"]
+    assert test["negative_fp_rate"] is None  # no negative image
+    assert test["negative_mean_area_fraction"] is None
+    assert "truth" not in test  # no ground truth in this split
+    negatives_only = summarize(evaluate_images(rows[1:3]))["val"]
+    assert all(v is None for v in negatives_only["pseudo"]["positive_mean"].values())
+    assert set(negatives_only["pseudo"]["positive_mean"]) == set(METRICS)
+    assert negatives_only["head_auc"] is None
+    text = json.dumps(summary, allow_nan=False)  # raises on NaN
+    assert json.loads(text) == summary
+    assert type(summary["val"]["n_images"]) is int
+    assert type(summary["val"]["pseudo"]["pooled"]["tp"]) is int
+
+
+def test_mixed_truth_summarised_over_images_with_truth(rows):
+    val = summarize(evaluate_images(rows))["val"]
+    truth = val["truth"]
+    assert truth["n_images"] == 1 and truth["n_positive"] == 1  # only A has ground truth
+    assert truth["positive_mean"]["iou"] == pytest.approx(2 / 5)
+    assert truth["pooled"]["iou"] == pytest.approx(2 / 5)
+    assert (truth["pooled"]["fn"], truth["pooled"]["tn"]) == (1, 11)
+
+
+def test_missing_truth_has_no_truth_columns_or_keys(rows):
+    no_truth = [{k: v for k, v in r.items() if k != "truth_path"} for r in rows[1:]]
+    table = evaluate_images(no_truth)
+    assert not [c for c in table.columns if c.startswith("truth")]
+    assert "pseudo_iou" in table.columns
+    summary = summarize(table)
+    assert all("truth" not in entry for entry in summary.values())
+    assert all("pseudo" in entry for entry in summary.values())
+
+
+def test_rows_from_csv_with_empty_truth_cells(rows, tmp_path):
+    path = tmp_path / "rows.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    frame = pd.read_csv(path)  # empty truth_path cells come back as NaN
+    assert frame["truth_path"].isna().sum() == 4
+    table = evaluate_images(frame)
+    assert table["truth_tp"].notna().tolist() == [True, False, False, False, False]
+    tuples = evaluate_images(frame.itertuples(index=False))  # objects with attributes
+    pd.testing.assert_frame_equal(tuples, table)
+
+
+def test_bad_inputs(rows, tmp_path):
+    with pytest.raises(ValueError, match="label"):
+        evaluate_images([{**rows[0], "label": 2}])
+    with pytest.raises(KeyError, match="pseudo_path"):
+        evaluate_images([{k: v for k, v in rows[0].items() if k != "pseudo_path"}])
+    write_png(tmp_path / "small.png", np.zeros((2, 2), dtype=bool))
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_images([{**rows[0], "pseudo_path": str(tmp_path / "small.png")}])

@@ -1,0 +1,251 @@
+"""Tests of the result figures: exact colours and values, PNG output, byte-identical redraws."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from histo_wsss.figures import (
+    ERROR_COLORS,
+    error_map,
+    error_map_rgb,
+    error_maps,
+    learning_curves,
+    load_example,
+    metrics_table,
+    metrics_table_rows,
+    overlay,
+    segmentation_panel,
+    segmentation_panels,
+    uncertainty,
+    uncertainty_map,
+    uncertainty_maps,
+)
+from histo_wsss.io import write_png
+
+WHITE, RED, BLUE, BLACK = (255, 255, 255), (255, 0, 0), (0, 0, 255), (0, 0, 0)
+
+
+def grid(rows: list[str]) -> np.ndarray:
+    return np.array([[c == "1" for c in r] for r in rows])
+
+
+def example(seed: int, size: int = 16) -> dict:
+    rng = np.random.default_rng(seed)
+    prob = rng.random((size, size)).astype(np.float16)
+    pseudo = np.zeros((size, size), dtype=bool)
+    pseudo[size // 4 : size // 2, size // 4 :] = True
+    return {
+        "name": f"img{seed}",
+        "image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "prob": prob,
+        "pseudo": pseudo,
+        "truth": np.rot90(pseudo).copy(),
+    }
+
+
+def drawn_twice(tmp_path, draw) -> bytes:
+    """Draw into two files; check both are valid PNGs with identical bytes; return them."""
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    draw(first)
+    draw(second)
+    with Image.open(first) as img:
+        assert img.format == "PNG" and img.width > 100 and img.height > 100
+    data = first.read_bytes()
+    assert data == second.read_bytes()
+    return data
+
+
+def test_error_map_rgb_colours_exact():
+    pred = grid(["1100", "1100", "0000", "0000"])
+    ref = grid(["0110", "0110", "0000", "0000"])
+    rgb = error_map_rgb(pred, ref)
+    assert rgb.dtype == np.uint8 and rgb.shape == (4, 4, 3)
+    expected = np.zeros((4, 4, 3), dtype=np.uint8)
+    expected[:2, 0] = RED  # predicted, not in reference
+    expected[:2, 1] = WHITE  # both
+    expected[:2, 2] = BLUE  # missed
+    np.testing.assert_array_equal(rgb, expected)
+    assert ERROR_COLORS == {"TP": WHITE, "FP": RED, "FN": BLUE, "TN": BLACK}
+    # 0/255 uint8 masks are accepted as well
+    as_uint8 = error_map_rgb(pred.astype(np.uint8) * 255, ref.astype(np.uint8) * 255)
+    np.testing.assert_array_equal(as_uint8, expected)
+    with pytest.raises(ValueError, match="shape"):
+        error_map_rgb(pred, ref[:2])
+
+
+def test_uncertainty_exact_values():
+    p = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert uncertainty(p[None]).tolist() == [[0.0, 0.5, 1.0, 0.5, 0.0]]
+    half = uncertainty(np.full((2, 2), 0.5, dtype=np.float16))
+    assert half.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        uncertainty(np.array([[1.5]]))
+
+
+def test_overlay_blends_only_inside_mask():
+    image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    out = overlay(image, grid(["10", "00"]), color=(200, 0, 0), alpha=0.5)
+    assert out[0, 0].tolist() == [150, 50, 50]
+    assert out[1, 1].tolist() == [100, 100, 100]
+
+
+def test_segmentation_panel_png_reproducible(tmp_path):
+    ex = example(0)
+    args = (ex["image"], ex["pseudo"], ex["prob"])
+    data = drawn_twice(tmp_path, lambda p: segmentation_panel(*args, p, title="SSA"))
+    segmentation_panel(*args, tmp_path / "c.png", threshold=0.9)
+    assert (tmp_path / "c.png").read_bytes() != data  # the threshold changes the drawing
+
+
+def test_segmentation_panels_png_reproducible(tmp_path):
+    examples = [example(1), example(2)]
+    data = drawn_twice(tmp_path, lambda p: segmentation_panels(examples, p))
+    without_truth = [{k: v for k, v in ex.items() if k != "truth"} for ex in examples]
+    segmentation_panels(without_truth, tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as small, Image.open(tmp_path / "a.png") as big:
+        assert small.width < big.width  # no ground-truth column
+    assert data
+
+
+def test_error_map_png_reproducible(tmp_path):
+    ex = example(3)
+    pred = ex["prob"] >= 0.5
+    drawn_twice(tmp_path, lambda p: error_map(pred, ex["pseudo"], p, title="vs pseudo-mask"))
+    drawn_twice(tmp_path, lambda p: error_map(pred, ex["truth"], p, image=ex["image"]))
+
+
+def test_error_maps_png_reproducible(tmp_path):
+    examples = [
+        {
+            "name": ex["name"],
+            "image": ex["image"],
+            "pred": ex["prob"] >= 0.5,
+            "reference": ex["truth"],
+        }
+        for ex in (example(4), example(5))
+    ]
+    drawn_twice(tmp_path, lambda p: error_maps(examples, p, title="vs ground truth"))
+    with pytest.raises(KeyError, match="reference"):
+        error_maps([{"pred": examples[0]["pred"]}], tmp_path / "c.png")
+
+
+def test_uncertainty_maps_png_reproducible(tmp_path):
+    ex = example(6)
+    drawn_twice(tmp_path, lambda p: uncertainty_map(ex["prob"], p))
+    drawn_twice(tmp_path, lambda p: uncertainty_map(ex["prob"], p, image=ex["image"]))
+    examples = [example(7), example(8)]
+    drawn_twice(tmp_path, lambda p: uncertainty_maps(examples, p))
+
+
+def test_load_example_reads_files(tmp_path):
+    ex = example(9)
+    write_png(tmp_path / "img.png", ex["image"])
+    np.save(tmp_path / "prob.npy", ex["prob"])
+    write_png(tmp_path / "pseudo.png", ex["pseudo"])
+    loaded = load_example(tmp_path / "img.png", tmp_path / "prob.npy", tmp_path / "pseudo.png")
+    assert set(loaded) == {"name", "image", "prob", "pseudo"}
+    np.testing.assert_array_equal(loaded["image"], ex["image"])
+    np.testing.assert_array_equal(loaded["pseudo"], ex["pseudo"])
+    np.testing.assert_array_equal(loaded["prob"], ex["prob"].astype(np.float32))
+    write_png(tmp_path / "truth.png", ex["truth"])
+    with_truth = load_example(
+        tmp_path / "img.png", tmp_path / "prob.npy", tmp_path / "pseudo.png", tmp_path / "truth.png"
+    )
+    np.testing.assert_array_equal(with_truth["truth"], ex["truth"])
+
+
+def reference(iou, dice, pooled_iou, pooled_dice) -> dict:
+    return {
+        "n_images": 4,
+        "positive_mean": {"iou": iou, "dice": dice},
+        "pooled": {"iou": pooled_iou, "dice": pooled_dice},
+    }
+
+
+SUMMARY = {
+    "val": {
+        "n_images": 4,
+        "n_positive": 2,
+        "head_accuracy": 0.75,
+        "head_auc": 0.5,
+        "negative_fp_rate": 0.5,
+        "pseudo": reference(0.6, 0.7, 0.4, 0.5),
+        "truth": reference(0.3, 0.35, 0.2, 0.25),
+    },
+    "test": {
+        "n_images": 3,
+        "n_positive": 3,
+        "head_accuracy": 1.0,
+        "head_auc": None,
+        "negative_fp_rate": None,
+        "pseudo": reference(None, None, 0.1, 0.2),
+    },
+}
+
+
+def test_metrics_table_rows_content():
+    table = metrics_table_rows(SUMMARY)
+    assert list(table["split"]) == ["val", "test"]
+    assert list(table.columns[:5]) == [
+        "split",
+        "n_images",
+        "n_positive",
+        "pseudo_iou_positive_mean",
+        "truth_iou_positive_mean",
+    ]
+    val, test = table.iloc[0], table.iloc[1]
+    assert (val.n_images, val.n_positive, test.n_images) == (4, 2, 3)
+    assert (val.pseudo_iou_positive_mean, val.truth_iou_positive_mean) == (0.6, 0.3)
+    assert (val.pseudo_dice_positive_mean, val.truth_dice_positive_mean) == (0.7, 0.35)
+    assert (val.pseudo_iou_pooled, val.truth_iou_pooled) == (0.4, 0.2)
+    assert (val.pseudo_dice_pooled, val.truth_dice_pooled) == (0.5, 0.25)
+    assert (val.head_accuracy, val.head_auc, val.negative_fp_rate) == (0.75, 0.5, 0.5)
+    assert test.pseudo_iou_pooled == 0.1 and test.head_accuracy == 1.0
+    for col in ("pseudo_iou_positive_mean", "truth_iou_pooled", "head_auc", "negative_fp_rate"):
+        assert math.isnan(test[col])  # None or missing -> NaN
+    no_truth = metrics_table_rows(
+        {"val": {k: v for k, v in SUMMARY["val"].items() if k != "truth"}}
+    )
+    assert not [c for c in no_truth.columns if c.startswith("truth")]
+
+
+def test_metrics_table_png_reproducible(tmp_path):
+    drawn_twice(tmp_path, lambda p: metrics_table(SUMMARY, p))
+
+
+def test_learning_curves_png_reproducible(tmp_path):
+    epochs = np.arange(4)
+    classifier = pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": [0.9, 0.7, 0.6, 0.5],
+            "val_loss": [1.0, 0.8, 0.7, 0.7],
+            "val_accuracy": [0.5, 0.6, 0.7, 0.75],
+            "val_auc": [0.5, math.nan, 0.8, 0.85],
+            "lr": [1e-3, 1e-2, 5e-3, 1e-4],
+        }
+    )
+    segmentation = pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": [1.2, 1.0, 0.9, 0.8],
+            "val_loss": [1.3, 1.1, 1.0, 1.0],
+            "val_iou": [0.1, 0.2, 0.3, 0.35],
+            "val_iou_positive_mean": [0.2, 0.3, 0.4, 0.45],
+            "val_head_accuracy": [0.5, 0.6, 0.7, 0.7],
+            "lr": [5e-4] * 4,
+            "seconds": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    classifier.to_csv(tmp_path / "classifier.csv", index=False)
+    segmentation.to_csv(tmp_path / "segmentation.csv", index=False)
+    csvs = (tmp_path / "classifier.csv", tmp_path / "segmentation.csv")
+    drawn_twice(tmp_path, lambda p: learning_curves(*csvs, p))
+    segmentation.drop(columns="val_iou").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="val_iou"):
+        learning_curves(csvs[0], tmp_path / "bad.csv", tmp_path / "c.png")
