@@ -440,7 +440,7 @@ def metrics_table_rows(summary: Mapping) -> pd.DataFrame:
             ref, _, rest = col.partition("_")
             if ref in ("pseudo", "truth"):
                 metric, _, agg = rest.partition("_")
-                block = entry.get("pseudo", {}).get(agg)
+                block = entry.get(ref, {}).get(agg)
                 value = (block or {}).get(metric)
             else:
                 value = entry.get(col)
