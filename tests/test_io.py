@@ -20,3 +20,12 @@ def test_atomic_outputs_get_ordinary_permissions_and_vanish_on_error(tmp_path):
         tmp.write_text("partial")
         raise RuntimeError("job failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "d"]
+
+
+def test_json_is_strict_nan_becomes_null(tmp_path):
+    import json
+
+    from histo_wsss.io import write_json
+
+    write_json(tmp_path / "a.json", {"auc": float("nan"), "x": [1.0, float("inf")], "n": 3})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"auc": None, "n": 3, "x": [1.0, None]}

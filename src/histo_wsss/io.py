@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -90,7 +91,18 @@ def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> None:
         table.to_csv(tmp, index=False, lineterminator="\n")
 
 
+def _nan_to_none(data: object) -> object:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _nan_to_none(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_nan_to_none(v) for v in data]
+    return data
+
+
 def write_json(path: str | os.PathLike, data: object) -> None:
-    """Write JSON with sorted keys and a trailing newline, atomically."""
+    """Write strict JSON (NaN and infinities become null), sorted keys, atomically."""
+    text = json.dumps(_nan_to_none(data), indent=2, sort_keys=True, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text + "\n")
