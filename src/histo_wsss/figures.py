@@ -214,49 +214,6 @@ def load_example(
     return example
 
 
-def segmentation_panel(
-    image: np.ndarray,
-    pseudo: np.ndarray,
-    prob: np.ndarray,
-    path: str | os.PathLike,
-    threshold: float = 0.5,
-    title: str = "",
-) -> None:
-    """Paper Figure 2 for one image.
-
-    Top row: original image, pseudo-mask, predicted mask (``prob >= threshold``). Bottom row:
-    predicted probability map (``jet``, 0-1, with colour bar), pseudo-mask overlaid on the image,
-    prediction overlaid on the image (red, alpha :data:`OVERLAY_ALPHA`).
-    """
-    pseudo, p = _mask(pseudo), _prob(prob)
-    _same_shape(image, pseudo, p)
-    pred = p >= threshold
-    with figure(path, (9.6, 6.6)) as fig:
-        axes = fig.subplots(2, 3)
-        panels = [
-            (np.asarray(image), "original image"),
-            (pseudo, "pseudo-mask"),
-            (pred, f"predicted mask (p ≥ {threshold:g})"),
-        ]
-        for ax, (panel, name) in zip(axes[0], panels, strict=True):
-            if panel.ndim == 3:
-                ax.imshow(panel)
-            else:
-                ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(name, fontsize=10)
-        im = axes[1, 0].imshow(p, cmap=PROB_CMAP, vmin=0, vmax=1)
-        fig.colorbar(im, ax=axes[1, 0], fraction=0.046, pad=0.04, label="probability")
-        axes[1, 0].set_title("predicted probability", fontsize=10)
-        axes[1, 1].imshow(overlay(image, pseudo))
-        axes[1, 1].set_title("pseudo-mask overlay", fontsize=10)
-        axes[1, 2].imshow(overlay(image, pred))
-        axes[1, 2].set_title("prediction overlay", fontsize=10)
-        for ax in axes.ravel():
-            _off(ax)
-        if title:
-            fig.suptitle(title)
-
-
 def segmentation_panels(
     examples: Sequence[Mapping], path: str | os.PathLike, threshold: float = 0.5, title: str = ""
 ) -> None:
@@ -299,31 +256,6 @@ def segmentation_panels(
             fig.suptitle(title)
 
 
-def error_map(
-    pred: np.ndarray,
-    reference: np.ndarray,
-    path: str | os.PathLike,
-    title: str = "",
-    image: np.ndarray | None = None,
-) -> None:
-    """Paper Figure 3 for one image: the :func:`error_map_rgb` (beside ``image`` if given)."""
-    rgb = error_map_rgb(pred, reference)
-    _same_shape(image, rgb)
-    n = 1 if image is None else 2
-    with figure(path, (3.6 * n + 0.4, 4.4)) as fig:
-        axes = fig.subplots(1, n, squeeze=False)[0]
-        if image is not None:
-            axes[0].imshow(np.asarray(image))
-            axes[0].set_title("image", fontsize=10)
-        axes[-1].imshow(rgb, interpolation="nearest")
-        axes[-1].set_title("error map", fontsize=10)
-        for ax in axes:
-            _off(ax)
-        _error_legend(fig)
-        if title:
-            fig.suptitle(title)
-
-
 def error_maps(examples: Sequence[Mapping], path: str | os.PathLike, title: str = "") -> None:
     """Paper Figure 3 for several images: one row per example, one legend.
 
@@ -348,30 +280,6 @@ def error_maps(examples: Sequence[Mapping], path: str | os.PathLike, title: str 
         if with_image:
             axes[0, 0].set_title("image", fontsize=9)
         _error_legend(fig)
-        if title:
-            fig.suptitle(title)
-
-
-def uncertainty_map(
-    prob: np.ndarray,
-    path: str | os.PathLike,
-    image: np.ndarray | None = None,
-    title: str = "",
-) -> None:
-    """Paper Figure 4 for one image: :func:`uncertainty` (``viridis``, 0-1, colour bar)."""
-    u = uncertainty(prob)
-    _same_shape(image, u)
-    n = 1 if image is None else 2
-    with figure(path, (3.6 * n + 0.8, 3.9)) as fig:
-        axes = fig.subplots(1, n, squeeze=False)[0]
-        if image is not None:
-            axes[0].imshow(np.asarray(image))
-            axes[0].set_title("image", fontsize=10)
-        im = axes[-1].imshow(u, cmap=UNCERTAINTY_CMAP, vmin=0, vmax=1)
-        axes[-1].set_title("uncertainty 1 − 2|p − 0.5|", fontsize=10)
-        fig.colorbar(im, ax=axes[-1], fraction=0.046, pad=0.04, label="uncertainty")
-        for ax in axes:
-            _off(ax)
         if title:
             fig.suptitle(title)
 
