@@ -11,12 +11,17 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/stain.smk"
 include: "workflow/rules/classifier.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/pseudo_masks.smk"
+include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

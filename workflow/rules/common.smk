@@ -150,6 +150,32 @@ def classifier_weights():
     return [weights] if weights else []
 
 
+def segmentation_weights():
+    """The local encoder-weights file when `segmentation.encoder_weights` names one."""
+    weights = config["segmentation"]["encoder_weights"]
+    return [weights] if weights else []
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def new_images():
+    """Images of the `predict.images` folder (new patches to segment), sorted."""
+    folder = config["predict"]["images"]
+    if not folder:
+        return []
+    if not Path(folder).is_dir():
+        raise WorkflowError(f"predict.images: {folder} is not a folder")
+    files = sorted(
+        str(p) for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise WorkflowError(
+            f"predict.images: no {'/'.join(IMAGE_SUFFIXES)} image in {folder}"
+        )
+    return files
+
+
 def final_outputs():
     outputs = [
         f"{RESULTS}/split/split.csv",
@@ -158,7 +184,16 @@ def final_outputs():
         f"{RESULTS}/figures/classifier_learning_curve.png",
         f"{RESULTS}/cam/summary.json",
         f"{RESULTS}/pseudo_masks/quality_summary.csv",
+        f"{RESULTS}/segmentation/evaluation.json",
+        f"{RESULTS}/segmentation/metrics_table.csv",
+        f"{RESULTS}/figures/learning_curves.png",
+        *(
+            f"{RESULTS}/figures/{kind}.png"
+            for kind in ("segmentation_examples", "error_maps", "uncertainty_maps")
+        ),
     ]
+    if config["predict"]["images"]:
+        outputs.append(f"{RESULTS}/predict/new")
     if config["pseudo_masks"]["save_steps"]:
         outputs.append(f"{RESULTS}/figures/pseudo_mask_steps.png")
     if DEMO:

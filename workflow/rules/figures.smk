@@ -1,0 +1,79 @@
+"""Figures of the paper's section 3, each its own job, from saved results only."""
+
+
+rule figure_examples:
+    input:
+        table=f"{RESULTS}/segmentation/per_image.csv",
+        predictions=f"{RESULTS}/segmentation/predictions",
+        stain=shard_dirs("stain"),
+        pseudo=shard_dirs("pseudo_masks"),
+        truth=truth_inputs(),
+    output:
+        report(
+            f"{RESULTS}/figures/{{kind}}.png",
+            caption="../report/example_figures.rst",
+            category="Segmentation",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/{{kind}}.log",
+    wildcard_constraints:
+        kind="segmentation_examples|error_maps|uncertainty_maps",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        images=sample_files("stain", "images"),
+        pseudo=sample_files("pseudo_masks", "masks"),
+        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        n_examples=config["predict"]["figure_examples"],
+        threshold=config["segmentation"]["threshold"],
+    script:
+        "../scripts/figure_examples.py"
+
+
+rule figure_learning_curves:
+    input:
+        classifier=f"{RESULTS}/classifier/metrics.csv",
+        segmentation=f"{RESULTS}/segmentation/metrics.csv",
+    output:
+        report(
+            f"{RESULTS}/figures/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Segmentation",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/learning_curves.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/figure_learning_curves.py"
+
+
+rule metrics_table:
+    input:
+        f"{RESULTS}/segmentation/evaluation.json",
+    output:
+        table=report(
+            f"{RESULTS}/segmentation/metrics_table.csv",
+            caption="../report/metrics_table.rst",
+            category="Segmentation",
+        ),
+        figure=report(
+            f"{RESULTS}/figures/metrics_table.png",
+            caption="../report/metrics_table.rst",
+            category="Segmentation",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/metrics_table.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/metrics_table.py"

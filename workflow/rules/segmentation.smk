@@ -1,0 +1,109 @@
+"""Segmentation network on the pseudo-masks: training, prediction, evaluation."""
+
+
+rule train_segmentation:
+    input:
+        split=f"{RESULTS}/split/split.csv",
+        stain=shard_dirs("stain"),
+        pseudo=shard_dirs("pseudo_masks"),
+        weights=segmentation_weights(),
+    output:
+        model=f"{RESULTS}/segmentation/model.pt",
+        metrics=f"{RESULTS}/segmentation/metrics.csv",
+    log:
+        f"{RESULTS}/logs/train_segmentation.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_segmentation.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+    params:
+        segmentation=config["segmentation"],
+        images=sample_files("stain", "images"),
+        masks=sample_files("pseudo_masks", "masks"),
+        positive_class=config["dataset"]["positive_class"],
+    script:
+        "../scripts/train_segmentation.py"
+
+
+rule predict:
+    input:
+        model=f"{RESULTS}/segmentation/model.pt",
+        split=f"{RESULTS}/split/split.csv",
+        stain=shard_dirs("stain"),
+    output:
+        directory(f"{RESULTS}/segmentation/predictions"),
+    log:
+        f"{RESULTS}/logs/predict.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        images=sample_files("stain", "images"),
+        positive_class=config["dataset"]["positive_class"],
+        threshold=config["segmentation"]["threshold"],
+        device=config["segmentation"]["device"],
+        batch_size=config["predict"]["batch_size"],
+    script:
+        "../scripts/predict.py"
+
+
+rule evaluate_segmentation:
+    input:
+        predictions=f"{RESULTS}/segmentation/predictions",
+        pseudo=shard_dirs("pseudo_masks"),
+        truth=truth_inputs(),
+    output:
+        table=report(
+            f"{RESULTS}/segmentation/per_image.csv",
+            caption="../report/segmentation_per_image.rst",
+            category="Segmentation",
+        ),
+        summary=f"{RESULTS}/segmentation/evaluation.json",
+    log:
+        f"{RESULTS}/logs/evaluate_segmentation.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        pseudo=sample_files("pseudo_masks", "masks"),
+        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        threshold=config["segmentation"]["threshold"],
+    script:
+        "../scripts/evaluate_segmentation.py"
+
+
+rule predict_new:
+    input:
+        model=f"{RESULTS}/segmentation/model.pt",
+        target=f"{RESULTS}/stain/target.json",
+        images=new_images(),
+    output:
+        directory(f"{RESULTS}/predict/new"),
+    log:
+        f"{RESULTS}/logs/predict_new.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_new.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=4000,
+    params:
+        stain=config["stain"],
+        threshold=config["segmentation"]["threshold"],
+        device=config["segmentation"]["device"],
+        batch_size=config["predict"]["batch_size"],
+    script:
+        "../scripts/predict_new.py"

@@ -1,0 +1,22 @@
+"""Probability maps, binary masks and head probabilities for the val and test images."""
+
+import torch
+
+from histo_wsss.logs import job_log
+from histo_wsss.prediction import save_predictions
+from histo_wsss.segmentation import load_checkpoint
+from histo_wsss.device import resolve_device
+from histo_wsss.io import atomic_dir
+from histo_wsss.splits import read_split
+
+with job_log(snakemake.log[0]) as log:
+    torch.set_num_threads(snakemake.threads)
+    p = snakemake.params
+    device = resolve_device(p.device)
+    model = load_checkpoint(snakemake.input.model, device)
+    split = read_split(snakemake.input.split, p.positive_class)
+    split = split[split["split"].isin(["val", "test"])]
+    with atomic_dir(snakemake.output[0]) as out:
+        rows = split[["name", "split", "positive"]].rename(columns={"positive": "label"})
+        table = save_predictions(model, rows, p.images, out, p.batch_size, device, p.threshold)
+    log.info("%d predictions on %s", len(table), device)
