@@ -21,7 +21,9 @@ with job_log(snakemake.log[0]):
     if positives.empty:
         positives = table[table["label"] == 1]
     score = "truth_iou" if "truth_iou" in positives else "pseudo_iou"
-    names = figures.pick_examples(dict(zip(positives["name"], positives[score])), p.n_examples)
+    names = figures.pick_examples(
+        dict(zip(positives["name"], positives[score], strict=True)), p.n_examples
+    )
     probs = Path(snakemake.input.predictions) / "probs"
     examples = [
         figures.load_example(

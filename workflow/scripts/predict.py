@@ -2,11 +2,11 @@
 
 import torch
 
+from histo_wsss.device import resolve_device
+from histo_wsss.io import atomic_dir
 from histo_wsss.logs import job_log
 from histo_wsss.prediction import save_predictions
 from histo_wsss.segmentation import load_checkpoint
-from histo_wsss.device import resolve_device
-from histo_wsss.io import atomic_dir
 from histo_wsss.splits import read_split
 
 with job_log(snakemake.log[0]) as log:
