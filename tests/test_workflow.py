@@ -79,6 +79,48 @@ def test_classifier_cams_and_pseudo_masks(run):
     assert (results / "figures" / "pseudo_mask_steps.png").stat().st_size > 20_000
 
 
+def test_segmentation_predictions_evaluation_figures_and_report(run):
+    results = run / "results"
+    split = pd.read_csv(results / "split" / "split.csv")
+    metrics = pd.read_csv(results / "segmentation" / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1]
+    predictions = pd.read_csv(results / "segmentation" / "predictions" / "predictions.csv")
+    held_out = split[split["split"].isin(["val", "test"])]
+    assert sorted(predictions["name"]) == sorted(held_out["name"])
+    name = held_out["name"].iloc[0]
+    prob = np.load(results / "segmentation" / "predictions" / "probs" / f"{name}.npy")
+    assert prob.dtype == np.float16 and prob.shape == (96, 96)
+    assert 0 <= prob.min() and prob.max() <= 1
+    per_image = pd.read_csv(results / "segmentation" / "per_image.csv")
+    assert {"pseudo_iou", "truth_iou", "head_prob"} <= set(per_image.columns)
+    summary = json.loads((results / "segmentation" / "evaluation.json").read_text())
+    assert set(summary) == {"val", "test"}
+    assert {"pseudo", "truth", "negative_fp_rate", "head_accuracy"} <= set(summary["test"])
+    table = pd.read_csv(results / "segmentation" / "metrics_table.csv")
+    assert sorted(table["split"]) == ["test", "val"]
+    for figure in (
+        "segmentation_examples",
+        "error_maps",
+        "uncertainty_maps",
+        "learning_curves",
+        "metrics_table",
+    ):
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
+    snakemake(run, "--report", "report.html")
+    html = (run / "report.html").read_text(errors="ignore")
+    assert "error_maps.png" in html and "pseudo_mask_steps.png" in html
+
+
+def test_a_deleted_figure_comes_back_byte_identical(run):
+    figure = run / "results" / "figures" / "error_maps.png"
+    before = figure.read_bytes()
+    figure.unlink()
+    plan = snakemake(run, "-n").stdout
+    assert "figure_examples" in plan and "train_segmentation" not in plan
+    snakemake(run, "--cores", "1")
+    assert figure.read_bytes() == before
+
+
 def test_every_job_wrote_a_log(run):
     logs = {
         p.relative_to(run / "results" / "logs").as_posix()

@@ -17,6 +17,12 @@ TINY = {
     "classifier": {"epochs": 2, "batch_size": 8},
     "cam": {"n_samples": 2, "shards": 2},
     "pseudo_masks": {"shards": 3},
+    "segmentation": {
+        "epochs": 2,
+        "batch_size": 4,
+        "positive_only_epochs": 1,
+        "negative_ramp_epochs": 2,
+    },
 }
 
 

@@ -1,0 +1,931 @@
+"""The segmentation network of paper §2.4, trained on the pseudo-masks of §2.3.
+
+Everything is keyed by a plain config dict (the workflow's ``segmentation`` section), merged
+over :data:`DEFAULTS` (the paper's values) by :func:`resolve_config`; an unknown key is an error
+naming it.
+
+Model (:func:`build_model`)
+    ``smp.DeepLabV3Plus`` or ``smp.Unet`` (segmentation-models-pytorch) with one output channel
+    (the positive-class logit map) and smp's classification head on the deepest encoder features
+    (``aux_params``: global average pooling, dropout :data:`HEAD_DROPOUT` = smp's default 0.2 --
+    the paper names none --, a linear layer giving one image-level logit; sigmoids are applied
+    in the loss and at prediction). The encoder starts from random weights (a WARNING is logged)
+    or from a local torchvision ResNet state-dict file; nothing is ever downloaded.
+
+Input sizes (:func:`forward_padded`)
+    smp's DeepLabV3Plus refuses inputs whose sides are not multiples of the encoder's output
+    stride (16 here); smp's Unet declares ``requires_divisible_input_shape = False`` and resizes
+    its decoder features to the skip connections itself, so it gives full-size outputs for any
+    size. :func:`forward_padded` therefore pads only models that require it: reflect padding
+    (``replicate`` for sides too short to reflect) split as evenly as possible between both sides
+    up to the next multiple, and crops the mask logits back. The head then pools over the padded
+    feature map (the reflected border adds a little weight to the image edge). Training,
+    validation and :func:`predict` all go through it, so any image size works.
+
+Loss (:class:`SegmentationLoss`)
+    ``dice_weight * Dice + lovasz_weight * Lovasz`` on the mask plus ``bce_head_weight * BCE`` of
+    the head on the image label, with smp's ``DiceLoss(mode="binary", from_logits=True)``,
+    ``LovaszLoss(mode="binary", per_image=False)`` and ``BCEWithLogitsLoss``. Both mask losses are
+    computed over the whole batch as one set of pixels (smp's binary Dice pools the batch
+    anyway). ``per_image=False`` is deliberate: on an all-negative image the binary Lovasz hinge
+    degenerates to ``relu(1 + max logit)`` -- the hinge of the single highest-scoring pixel (the
+    Lovasz extension of "IoU is 0 as soon as one pixel is predicted") -- and ``per_image=True``
+    would give that one pixel the same weight as a whole positive image in the batch mean; pooled
+    over the batch, a negative image's pixels are simply more background whose false positives
+    lower the batch IoU, the same view as the pooled validation IoU. The reference code also uses
+    smp's default ``per_image=False``. smp's Dice is 0 for a batch without positive pixels.
+
+Curriculum (:func:`negative_probability`, :func:`epoch_items`)
+    Epochs are 0-based. ``P = positive_only_epochs``, ``R = negative_ramp_epochs``,
+    ``m = negative_max_prob``::
+
+        p(e) = 0                                     for e < P
+        p(e) = m * min(1, (e - P + 1) / (R - P))     for e >= P   (p(e) = m when R <= P)
+
+    i.e. with 1-based epoch numbers ``E = e + 1``: no negatives in epochs 1..P, then a linear
+    rise reaching ``m`` at epoch ``E = R`` (paper values: 0.012 at the 11th epoch, 0.3 from the
+    35th on; 0-based: 0.012 at ``e = 10``, 0.3 from ``e = 34`` -- so also from ``e = R`` on).
+    Every epoch keeps all positive images and each negative image independently with
+    probability ``p(e)``.
+
+Training (:func:`train`)
+    * images and masks are read once and kept in memory (uint8 / bool);
+    * batches hold images of ONE size only (:func:`size_batches`): the epoch's images are
+      shuffled, grouped by size and cut into ``batch_size`` chunks; a trailing chunk of one image
+      joins the previous chunk of its size (BatchNorm cannot train on one image: the ASPP
+      pooling branch sees one value per channel), a size seen only once in the epoch is skipped
+      (logged); the batch order is shuffled. ``n_train_images`` counts the images actually used;
+    * augmentation applied jointly to image and mask with albumentations (horizontal + vertical
+      flips, ``RandomRotate90`` -- square images only, it would change the shape of others --;
+      ``ColorJitter`` touches the image only), every image of every
+      epoch with its own seeds derived from ``(seed, epoch, index)``, independent of the batch
+      order and ``num_workers``; normalisation as the classifier
+      (:func:`histo_wsss.classifier.preprocess`, ImageNet mean/std);
+    * SGD (``lr``, ``momentum``, ``weight_decay``) at a constant learning rate (the paper names
+      no schedule), ``clip_grad_norm_(grad_clip)`` on every step;
+    * validation after every epoch on ALL validation images (positives and negatives), in eval
+      mode, predicting ``sigmoid(logit) >= threshold``:
+
+      - ``val_iou``: pooled ("micro") IoU -- ``tp / (tp + fp + fn)`` of the pixel counts summed
+        over every validation image (:func:`histo_wsss.metrics.scores_from_counts`), so false
+        positives on negative images count;
+      - ``val_iou_positive_mean``: mean of the per-image IoUs of the positive (label 1) images
+        (the reference code's metric; 1.0 for an empty prediction on an empty pseudo-mask); NaN
+        without positive validation images;
+      - ``val_head_accuracy``: share of images whose head probability ``>= 0.5`` agrees with
+        the label;
+      - ``val_loss``: the loss of each validation batch (same-size images, up to ``batch_size``,
+        in the given order) weighted by its size;
+    * the checkpoint is (re)written atomically whenever ``val_iou`` beats the best so far
+      (:func:`is_improvement`: strictly higher, ties keep the earlier epoch); training stops
+      early once ``patience`` epochs in a row have not improved (:func:`should_stop`);
+    * the metrics CSV (:data:`METRICS_COLUMNS`) is rewritten atomically after every epoch;
+    * deterministic on the CPU: seeds from ``seed``, ``torch.use_deterministic_algorithms(True,
+      warn_only=True)`` while training (restored afterwards); the same config and data give the
+      same metrics CSV apart from the wall-clock ``seconds`` column, and the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from histo_wsss.classifier import ARCHS as TORCHVISION_RESNETS
+from histo_wsss.classifier import (
+    _as_device,
+    _augmentation,
+    _is_int,
+    _is_num,
+    _save_checkpoint,
+    _seed_everything,
+    preprocess,
+)
+from histo_wsss.classifier import build_model as _torchvision_resnet
+from histo_wsss.device import resolve_device
+from histo_wsss.figures import figure
+from histo_wsss.io import read_mask, read_rgb, write_csv
+from histo_wsss.metrics import confusion, scores_from_counts
+
+__all__ = [
+    "ARCHS",
+    "CHECKPOINT_KEYS",
+    "DEFAULTS",
+    "HEAD_DROPOUT",
+    "METRICS_COLUMNS",
+    "SegmentationLoss",
+    "build_model",
+    "epoch_items",
+    "forward_padded",
+    "is_improvement",
+    "learning_curve",
+    "load_checkpoint",
+    "negative_probability",
+    "predict",
+    "resolve_config",
+    "should_stop",
+    "size_batches",
+    "train",
+]
+
+_log = logging.getLogger(__name__)
+
+ARCHS = {"DeepLabV3Plus": smp.DeepLabV3Plus, "Unet": smp.Unet}
+HEAD_DROPOUT = 0.2
+CHECKPOINT_KEYS = ("arch", "encoder", "state_dict", "epoch", "metrics", "config")
+METRICS_COLUMNS = (
+    "epoch",
+    "n_train_images",
+    "train_loss",
+    "val_loss",
+    "val_iou",
+    "val_iou_positive_mean",
+    "val_head_accuracy",
+    "lr",
+    "seconds",
+)
+
+DEFAULTS: dict = {
+    "arch": "DeepLabV3Plus",
+    "encoder": "resnet101",
+    "encoder_weights": None,
+    "epochs": 50,
+    "batch_size": 16,
+    "lr": 0.001,
+    "momentum": 0.9,
+    "weight_decay": 0.001,
+    "grad_clip": 1.0,
+    "dice_weight": 1.0,
+    "lovasz_weight": 0.5,
+    "bce_head_weight": 0.2,
+    "positive_only_epochs": 10,
+    "negative_ramp_epochs": 35,
+    "negative_max_prob": 0.3,
+    "patience": 10,
+    "threshold": 0.5,
+    "augment": {
+        "flip": True,
+        "rotate90": True,
+        "brightness": 0.1,
+        "contrast": 0.1,
+        "saturation": 0.1,
+        "hue": 0.02,
+    },
+    "seed": 0,
+    "device": "auto",
+    "num_workers": 0,
+}
+
+# Independent random streams of one training run, each seeded from (seed, stream, epoch[, i]).
+_CURRICULUM, _BATCHES, _AUGMENT = 1, 2, 3
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+def _require(ok: bool, key: str, value: object, what: str) -> None:
+    if not ok:
+        raise ValueError(f"segmentation config: {key} must be {what}, got {value!r}")
+
+
+def resolve_config(cfg: Mapping | None = None) -> dict:
+    """Merge ``cfg`` over :data:`DEFAULTS` (``augment`` key by key) and validate the values.
+
+    Raises ``ValueError`` naming an unknown key (``augment.foo`` for nested ones) or an invalid
+    value. Returns a new dict; ``encoder_weights`` becomes a ``str`` (or ``None``).
+    """
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(DEFAULTS), key=str)
+    if unknown:
+        raise ValueError(
+            f"unknown segmentation config key(s): {', '.join(map(str, unknown))} "
+            f"(known: {', '.join(DEFAULTS)})"
+        )
+    out = copy.deepcopy(DEFAULTS)
+    for key, value in cfg.items():
+        if isinstance(DEFAULTS[key], dict):
+            _require(isinstance(value, Mapping), key, value, "a mapping")
+            bad = sorted(set(value) - set(DEFAULTS[key]), key=str)
+            if bad:
+                raise ValueError(
+                    f"unknown segmentation config key(s): "
+                    f"{', '.join(f'{key}.{b}' for b in bad)} "
+                    f"(known: {', '.join(f'{key}.{k}' for k in DEFAULTS[key])})"
+                )
+            out[key].update(value)
+        else:
+            out[key] = value
+
+    _require(out["arch"] in ARCHS, "arch", out["arch"], f"one of {tuple(ARCHS)}")
+    _require(isinstance(out["encoder"], str), "encoder", out["encoder"], "an smp encoder name")
+    w = out["encoder_weights"]
+    _require(w is None or isinstance(w, (str, os.PathLike)), "encoder_weights", w, "null or a path")
+    out["encoder_weights"] = None if w is None else str(w)
+    for key in ("epochs", "batch_size", "patience"):
+        _require(_is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1")
+    for key in ("positive_only_epochs", "negative_ramp_epochs", "seed", "num_workers"):
+        _require(_is_int(out[key]) and out[key] >= 0, key, out[key], "an integer >= 0")
+    for key in ("lr", "grad_clip"):
+        _require(_is_num(out[key]) and out[key] > 0, key, out[key], "a number > 0")
+    m = out["momentum"]
+    _require(_is_num(m) and 0 <= m < 1, "momentum", m, "a number in [0, 1)")
+    for key in ("weight_decay", "dice_weight", "lovasz_weight", "bce_head_weight"):
+        _require(_is_num(out[key]) and out[key] >= 0, key, out[key], "a number >= 0")
+    if out["dice_weight"] == 0 and out["lovasz_weight"] == 0:
+        raise ValueError("segmentation config: dice_weight and lovasz_weight are both 0")
+    p = out["negative_max_prob"]
+    _require(_is_num(p) and 0 <= p <= 1, "negative_max_prob", p, "a number in [0, 1]")
+    t = out["threshold"]
+    _require(_is_num(t) and 0 < t < 1, "threshold", t, "a number in (0, 1)")
+    aug = out["augment"]
+    for key in ("flip", "rotate90"):
+        _require(isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false")
+    for key in ("brightness", "contrast", "saturation"):
+        _require(_is_num(aug[key]) and 0 <= aug[key] < 1, f"augment.{key}", aug[key], "in [0, 1)")
+    _require(
+        _is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5, "augment.hue", aug["hue"], "in [0, 0.5]"
+    )
+    _require(isinstance(out["device"], str), "device", out["device"], "a string")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+
+
+def _make_model(arch: str, encoder: str) -> nn.Module:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {tuple(ARCHS)}")
+    return ARCHS[arch](
+        encoder_name=encoder,
+        encoder_weights=None,  # never downloads
+        in_channels=3,
+        classes=1,
+        activation=None,
+        aux_params={"classes": 1, "pooling": "avg", "dropout": HEAD_DROPOUT, "activation": None},
+    )
+
+
+def _load_encoder_weights(model: nn.Module, encoder: str, weights: str | os.PathLike) -> None:
+    """Load a torchvision ResNet state-dict file into ``model.encoder`` (its ``fc`` dropped).
+
+    The file is checked (keys and shapes) by :func:`histo_wsss.classifier.build_model`, which
+    raises ``ValueError`` naming the file and the mismatched keys.
+    """
+    path = Path(weights)
+    if encoder not in TORCHVISION_RESNETS:
+        raise ValueError(
+            f"{path}: encoder_weights files are supported for the torchvision ResNet encoders "
+            f"{TORCHVISION_RESNETS} only, not for encoder {encoder!r}"
+        )
+    resnet = _torchvision_resnet(encoder, path)
+    state = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
+    try:
+        model.encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: does not fit smp's {encoder} encoder: {err}") from err
+    _log.info("%s: loaded into the %s encoder (fc dropped)", path, encoder)
+
+
+def build_model(cfg: Mapping | None = None) -> nn.Module:
+    """The segmentation network of the (resolved) config ``cfg`` (``arch``, ``encoder``,
+    ``encoder_weights``), in training mode.
+
+    ``encoder_weights=None``: random initialisation (a WARNING is logged). Otherwise the path of
+    a local torchvision ResNet state dict (e.g. the ImageNet one; ``encoder`` must be one of
+    ``resnet18/34/50/101``): its ``fc`` keys are dropped, every other tensor must match the
+    encoder (``ValueError`` naming the file and the keys otherwise). Never downloads.
+    """
+    cfg = resolve_config(cfg)
+    model = _make_model(cfg["arch"], cfg["encoder"])
+    if cfg["encoder_weights"] is None:
+        _log.warning(
+            "%s/%s: no encoder_weights file given, the encoder starts from random weights",
+            cfg["arch"],
+            cfg["encoder"],
+        )
+    else:
+        _load_encoder_weights(model, cfg["encoder"], cfg["encoder_weights"])
+    return model
+
+
+def _divisor(model: nn.Module) -> int:
+    if not getattr(model, "requires_divisible_input_shape", True):
+        return 1
+    return int(getattr(model.encoder, "output_stride", 32))
+
+
+def forward_padded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(mask_logits, head_logits)`` of ``model`` for ``x`` ``(N, C, H, W)`` of any ``H, W``.
+
+    ``mask_logits`` has shape ``(N, 1, H, W)``; ``head_logits`` ``(N, 1)`` (``None`` for a model
+    without a classification head). When the model requires sides divisible by its encoder's
+    output stride (smp's DeepLabV3Plus: 16) and ``x`` has other sides, ``x`` is padded to the
+    next multiples -- reflect padding (``replicate`` where a side is too short to reflect),
+    split as evenly as possible between both sides (the extra pixel after) -- and the mask
+    logits are cropped back. Other inputs go to ``model`` unchanged.
+    """
+    h, w = x.shape[-2:]
+    d = _divisor(model)
+    ph, pw = (-h) % d, (-w) % d
+    if ph or pw:
+        top, left = ph // 2, pw // 2
+        pads = (left, pw - left, top, ph - top)
+        mode = "reflect" if max(top, ph - top) < h and max(left, pw - left) < w else "replicate"
+        x = F.pad(x, pads, mode=mode)
+    out = model(x)
+    masks, head = out if isinstance(out, tuple) else (out, None)
+    if ph or pw:
+        masks = masks[..., top : top + h, left : left + w]
+    return masks, head
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+
+
+class SegmentationLoss(nn.Module):
+    """``dice_weight * Dice + lovasz_weight * Lovasz + bce_head_weight * BCE`` (module docstring).
+
+    ``forward(mask_logits (N, 1, H, W), head_logits (N, 1), masks (N, 1, H, W) 0/1 float,
+    labels (N, 1) 0/1 float)`` returns the scalar loss; :meth:`parts` the three unweighted terms.
+    """
+
+    def __init__(
+        self, dice_weight: float = 1.0, lovasz_weight: float = 0.5, bce_head_weight: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.dice_weight = float(dice_weight)
+        self.lovasz_weight = float(lovasz_weight)
+        self.bce_head_weight = float(bce_head_weight)
+        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+        self.lovasz = smp.losses.LovaszLoss(mode="binary", per_image=False)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def parts(
+        self,
+        mask_logits: torch.Tensor,
+        head_logits: torch.Tensor,
+        masks: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "dice": self.dice(mask_logits, masks),
+            "lovasz": self.lovasz(mask_logits, masks),
+            "bce_head": self.bce(head_logits, labels),
+        }
+
+    def forward(
+        self,
+        mask_logits: torch.Tensor,
+        head_logits: torch.Tensor,
+        masks: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        p = self.parts(mask_logits, head_logits, masks, labels)
+        return (
+            self.dice_weight * p["dice"]
+            + self.lovasz_weight * p["lovasz"]
+            + self.bce_head_weight * p["bce_head"]
+        )
+
+
+def _loss_fn(cfg: Mapping) -> SegmentationLoss:
+    return SegmentationLoss(cfg["dice_weight"], cfg["lovasz_weight"], cfg["bce_head_weight"])
+
+
+# --------------------------------------------------------------------------------------------
+# Curriculum, batching, model selection
+
+
+def negative_probability(epoch: int, cfg: Mapping) -> float:
+    """Probability of drawing each negative image at ``epoch`` (0-based; module docstring)."""
+    start, ramp = cfg["positive_only_epochs"], cfg["negative_ramp_epochs"]
+    top = cfg["negative_max_prob"]
+    if epoch < start:
+        return 0.0
+    if ramp <= start:
+        return float(top)
+    return float(top) * min(1.0, (epoch - start + 1) / (ramp - start))
+
+
+def epoch_items(items: Sequence, epoch: int, cfg: Mapping, rng: np.random.Generator) -> list:
+    """The training items of ``epoch``: every positive item and each negative one with
+    probability :func:`negative_probability` (drawn with ``rng``, one uniform number per
+    negative item in order, none when the probability is 0). An item's label (0/1) is its last
+    element. The items keep their order.
+    """
+    p = negative_probability(epoch, cfg)
+    negatives = [i for i, item in enumerate(items) if int(item[-1]) == 0]
+    keep = set()
+    if p > 0 and negatives:
+        keep = {i for i, u in zip(negatives, rng.random(len(negatives)), strict=True) if u < p}
+    return [item for i, item in enumerate(items) if int(item[-1]) == 1 or i in keep]
+
+
+def size_batches(
+    indices: Sequence[int],
+    sizes: Sequence[tuple[int, int]],
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+) -> list[list[int]]:
+    """Cut ``indices`` into batches of same-size images (``sizes[i]`` = size of image ``i``).
+
+    With ``rng`` (training): the indices are shuffled, grouped by size (sizes in order of first
+    appearance), cut into chunks of ``batch_size``; a final chunk of ONE image joins the
+    previous chunk of its size (that batch has ``batch_size + 1`` images) and a size with a
+    single image is left out; the batch order is shuffled. Without ``rng`` (evaluation): the
+    indices keep their order within each size, chunks of one are kept, no shuffling.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = list(indices)
+    if rng is not None:
+        order = [order[i] for i in rng.permutation(len(order))]
+    groups: dict[tuple, list[int]] = {}
+    for i in order:
+        groups.setdefault(tuple(sizes[i]), []).append(i)
+    batches: list[list[int]] = []
+    for group in groups.values():
+        chunks = [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
+        if rng is not None and len(chunks[-1]) == 1:
+            last = chunks.pop()
+            if chunks:
+                chunks[-1] += last
+        batches += chunks
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def is_improvement(value: float, best: float | None) -> bool:
+    """Whether a validation IoU ``value`` beats ``best`` (``None``: no epoch yet): strictly
+    higher; NaN never improves; ties keep the earlier epoch."""
+    if value is None or math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or value > best
+
+
+def should_stop(values: Sequence[float], patience: int) -> bool:
+    """Early stopping: whether the last ``patience`` of the per-epoch ``values`` (val IoU, in
+    epoch order) all failed to improve on the best before them (:func:`is_improvement`)."""
+    best, best_epoch = None, -1
+    for epoch, value in enumerate(values):
+        if is_improvement(value, best):
+            best, best_epoch = value, epoch
+    return len(values) - 1 - best_epoch >= patience
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+class _Data:
+    """The images (uint8 HxWx3), masks (bool HxW) and labels of one split, in memory."""
+
+    def __init__(self, items: Iterable, split: str) -> None:
+        self.paths: list[str] = []
+        self.images: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        labels: list[int] = []
+        marked_negatives = []
+        for i, item in enumerate(items):
+            try:
+                image_path, mask_path, label = item
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"{split} item {i}: expected (image_path, mask_path, label01), got {item!r}"
+                ) from err
+            if isinstance(label, str) or label not in (0, 1):
+                raise ValueError(
+                    f"{split} item {i} ({image_path}): label must be 0 or 1, got {label!r}"
+                )
+            image, mask = read_rgb(image_path), read_mask(mask_path)
+            if mask.shape != image.shape[:2]:
+                raise ValueError(
+                    f"{mask_path}: mask is {mask.shape} but its image {image_path} is "
+                    f"{image.shape[:2]}"
+                )
+            if label == 0 and mask.any():
+                marked_negatives.append(str(mask_path))
+            self.paths.append(str(image_path))
+            self.images.append(image)
+            self.masks.append(mask)
+            labels.append(int(label))
+        if not self.paths:
+            raise ValueError(f"the {split} split is empty")
+        if marked_negatives:
+            _log.warning(
+                "%s split: %d negative image(s) have a non-empty mask (kept as they are), e.g. %s",
+                split,
+                len(marked_negatives),
+                marked_negatives[0],
+            )
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.sizes = [im.shape[:2] for im in self.images]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class _SegDataset(Dataset):
+    """In-memory items -> (normalised image (3, H, W), mask (1, H, W) 0/1, label (1,)).
+
+    ``transforms``: ``(square, rectangular)`` albumentations pipelines (or ``None``): a 90°
+    rotation would change the shape of a non-square image (and break its batch), so those get
+    the pipeline without ``RandomRotate90`` (the two flips still give all four symmetries of a
+    rectangle). The transforms of item ``index`` in ``epoch`` get their own seeds from
+    ``(seed, _AUGMENT, epoch, index)``, one per transform (as in the classifier:
+    albumentations' ``Compose.set_random_seed`` alone would give the flips the same seed).
+    """
+
+    def __init__(
+        self, data: _Data, transforms: tuple[A.Compose | None, A.Compose | None], seed: int
+    ) -> None:
+        self.data, self.transforms, self.seed = data, transforms, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = self.data.images[index]
+        mask = self.data.masks[index].astype(np.uint8)
+        transform = self.transforms[0 if image.shape[0] == image.shape[1] else 1]
+        if transform is not None:
+            ops = transform.transforms
+            entropy = [self.seed, _AUGMENT, self.epoch, index]
+            seeds = np.random.SeedSequence(entropy).generate_state(len(ops) + 1)
+            transform.set_random_seed(int(seeds[0]))
+            for op, s in zip(ops, seeds[1:], strict=True):
+                op.set_random_seed(int(s))
+            out = transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        label = torch.tensor([float(self.data.labels[index])], dtype=torch.float32)
+        return preprocess(np.ascontiguousarray(image)), mask_t, label
+
+
+def _transforms(aug: Mapping) -> tuple[A.Compose | None, A.Compose | None]:
+    return _augmentation(aug), _augmentation({**aug, "rotate90": False})
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    previous_benchmark = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+
+def train(
+    train_items: Sequence[tuple[str | os.PathLike, str | os.PathLike, int]],
+    val_items: Sequence[tuple[str | os.PathLike, str | os.PathLike, int]],
+    cfg: Mapping | None,
+    checkpoint_path: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    log: logging.Logger | None = None,
+) -> dict:
+    """Train the segmentation network; write the best checkpoint and the per-epoch metrics CSV.
+
+    ``train_items`` / ``val_items``: ``(image_path, mask_path, label01)`` -- RGB images, their
+    pseudo-masks (PNG, non-zero = foreground; all-zero for negative images) and image labels.
+    Images may differ in size (batches hold one size). ``cfg``: the ``segmentation`` config (see
+    :data:`DEFAULTS`, :func:`resolve_config`, the module docstring for the procedure).
+
+    ``checkpoint_path`` is (re)written atomically whenever an epoch improves the validation IoU:
+    ``torch.save`` of ``{"arch", "encoder", "state_dict" (CPU tensors), "epoch", "metrics" (that
+    epoch's row without ``seconds``), "config" (the resolved config)}``. ``metrics_path`` (CSV,
+    columns :data:`METRICS_COLUMNS`, one row per epoch, ``epoch`` 0-based, ``lr`` the SGD
+    learning rate, ``seconds`` wall-clock) is rewritten atomically after every epoch.
+
+    Raises ``ValueError`` for unusable items or an epoch without a trainable batch (fewer than
+    two same-size images), ``FloatingPointError`` on a non-finite training loss. Returns the
+    best epoch's metrics (the checkpoint's ``metrics``).
+    """
+    log = log or _log
+    cfg = resolve_config(cfg)
+    device = resolve_device(cfg["device"])
+    log.info("loading %d train and %d val items", len(train_items), len(val_items))
+    train_data = _Data(train_items, "train")
+    val_data = _Data(val_items, "val")
+    if not train_data.labels.any():
+        raise ValueError("the train split has no positive (label 1) image")
+    with _deterministic(device):
+        _seed_everything(cfg["seed"])
+        return _train(cfg, device, train_data, val_data, Path(checkpoint_path),
+                      Path(metrics_path), log)  # fmt: skip
+
+
+def _train(
+    cfg: dict,
+    device: torch.device,
+    train_data: _Data,
+    val_data: _Data,
+    checkpoint_path: Path,
+    metrics_path: Path,
+    log: logging.Logger,
+) -> dict:
+    model = build_model(cfg).to(device)
+    loss_fn = _loss_fn(cfg)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+    )
+    dataset = _SegDataset(train_data, _transforms(cfg["augment"]), cfg["seed"])
+    labelled = [(i, int(label)) for i, label in enumerate(train_data.labels)]
+    val_batches = size_batches(range(len(val_data)), val_data.sizes, cfg["batch_size"])
+    epochs, seed = cfg["epochs"], cfg["seed"]
+    log.info(
+        "training %s/%s on %s: %d train (%d positive) / %d val images, up to %d epochs",
+        cfg["arch"], cfg["encoder"], device, len(train_data), int(train_data.labels.sum()),
+        len(val_data), epochs,
+    )  # fmt: skip
+
+    rows: list[dict] = []
+    history: list[float] = []
+    best: dict | None = None
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        rng = np.random.default_rng([seed, _CURRICULUM, epoch])
+        chosen = [i for i, _ in epoch_items(labelled, epoch, cfg, rng)]
+        rng = np.random.default_rng([seed, _BATCHES, epoch])
+        batches = size_batches(chosen, train_data.sizes, cfg["batch_size"], rng)
+        n_used = sum(map(len, batches))
+        if n_used < len(chosen):
+            left_out = len(chosen) - n_used
+            log.info("epoch %d: %d image(s) of a size seen once left out", epoch, left_out)
+        if not batches:
+            raise ValueError(
+                f"epoch {epoch}: no trainable batch among its {len(chosen)} image(s) (a batch "
+                f"needs at least 2 images of the same size)"
+            )
+        dataset.epoch = epoch
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=cfg["num_workers"],
+            pin_memory=device.type == "cuda",
+        )
+        model.train()
+        total = 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
+        for x, m, y in bar:
+            x, m, y = (t.to(device, non_blocking=True) for t in (x, m, y))
+            optimizer.zero_grad(set_to_none=True)
+            mask_logits, head_logits = forward_padded(model, x)
+            loss = loss_fn(mask_logits, head_logits, m, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"epoch {epoch}: training loss is {value}; try a lower lr")
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            optimizer.step()
+            total += value * len(x)
+            bar.set_postfix(loss=f"{value:.4f}")
+        bar.close()
+
+        val = _validate(model, val_data, val_batches, loss_fn, cfg["threshold"], device)
+        row = {
+            "epoch": epoch,
+            "n_train_images": n_used,
+            "train_loss": total / n_used,
+            **val,
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        row = {k: row[k] for k in METRICS_COLUMNS}
+        rows.append(row)
+        write_csv(metrics_path, pd.DataFrame(rows, columns=list(METRICS_COLUMNS)))
+        improved = is_improvement(row["val_iou"], None if best is None else best["val_iou"])
+        history.append(row["val_iou"])
+        if improved:
+            best = {k: v for k, v in row.items() if k != "seconds"}
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "arch": cfg["arch"],
+                    "encoder": cfg["encoder"],
+                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "epoch": epoch,
+                    "metrics": best,
+                    "config": cfg,
+                },
+            )
+        log.info(
+            "epoch %d/%d: %d images, train_loss %.4f val_loss %.4f val_iou %.4f "
+            "val_iou_positive_mean %.4f val_head_accuracy %.4f, %.1f s%s",
+            *(epoch + 1, epochs, n_used, row["train_loss"], row["val_loss"], row["val_iou"]),
+            *(row["val_iou_positive_mean"], row["val_head_accuracy"], row["seconds"]),
+            " (best so far, saved)" if improved else "",
+        )
+        if should_stop(history, cfg["patience"]):
+            log.info("early stopping: no better val_iou in the last %d epochs", cfg["patience"])
+            break
+    if best is None:
+        raise RuntimeError("no epoch had a finite val_iou; no checkpoint was written")
+    log.info("best epoch %d: val_iou %.4f -> %s", best["epoch"], best["val_iou"], checkpoint_path)
+    return best
+
+
+def _validate(
+    model: nn.Module,
+    data: _Data,
+    batches: Sequence[Sequence[int]],
+    loss_fn: SegmentationLoss,
+    threshold: float,
+    device: torch.device,
+) -> dict:
+    """``val_loss``, ``val_iou`` (pooled), ``val_iou_positive_mean``, ``val_head_accuracy``."""
+    was_training = model.training
+    model.eval()
+    counts = np.zeros((len(data), 4), dtype=np.int64)  # tp, fp, fn, tn per image
+    head_prob = np.zeros(len(data), dtype=np.float64)
+    loss_sum = 0.0
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                x = preprocess(np.stack([data.images[i] for i in batch])).to(device)
+                target = np.stack([data.masks[i] for i in batch])
+                m = torch.from_numpy(target.astype(np.float32))[:, None].to(device)
+                y = torch.from_numpy(data.labels[batch].astype(np.float32))[:, None].to(device)
+                mask_logits, head_logits = forward_padded(model, x)
+                loss_sum += float(loss_fn(mask_logits, head_logits, m, y)) * len(batch)
+                prob = torch.sigmoid(mask_logits.float())[:, 0].cpu().numpy()
+                counts[batch] = np.stack(confusion(prob >= threshold, target, axis=(1, 2)), 1)
+                head_prob[batch] = torch.sigmoid(head_logits.float())[:, 0].cpu().numpy()
+    finally:
+        model.train(was_training)
+    pooled = scores_from_counts(*counts.sum(0))
+    per_image = scores_from_counts(*counts.T)["iou"]
+    positive = data.labels == 1
+    return {
+        "val_loss": loss_sum / len(data),
+        "val_iou": pooled["iou"],
+        "val_iou_positive_mean": float(per_image[positive].mean()) if positive.any() else math.nan,
+        "val_head_accuracy": float(np.mean((head_prob >= 0.5) == positive)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The segmentation network saved by :func:`train` at ``path``, on ``device``, in eval mode.
+
+    ``device``: a ``torch.device`` or a name for :func:`histo_wsss.device.resolve_device`.
+    Raises ``ValueError`` naming the file when it is missing, unreadable, or not such a
+    checkpoint (e.g. a classifier checkpoint).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: segmentation checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a readable checkpoint"
+        raise ValueError(f"{path}: cannot read as a torch checkpoint ({err})") from err
+    if not isinstance(ckpt, Mapping) or not set(CHECKPOINT_KEYS) <= set(ckpt):
+        got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise ValueError(
+            f"{path}: not a histo_wsss segmentation checkpoint (expected a dict with keys "
+            f"{list(CHECKPOINT_KEYS)}, got {got})"
+        )
+    if ckpt["arch"] not in ARCHS:
+        raise ValueError(f"{path}: unknown arch {ckpt['arch']!r} in checkpoint")
+    try:
+        model = _make_model(ckpt["arch"], ckpt["encoder"])
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as err:
+        raise ValueError(
+            f"{path}: state_dict does not match {ckpt['arch']}/{ckpt['encoder']}: {err}"
+        ) from err
+    return model.to(_as_device(device)).eval()
+
+
+def predict(
+    model: nn.Module,
+    image_paths: Iterable[str | os.PathLike],
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[str | os.PathLike, np.ndarray, float]]:
+    """Yield ``(path, prob_map, head_prob)`` for every image, in the order given.
+
+    ``prob_map``: float32 ``(H, W)`` positive-class probabilities at the image's own size;
+    ``head_prob``: the classification head's probability. Images are read lazily and batched:
+    consecutive images of the same size, up to ``batch_size`` per forward pass (a size change
+    starts a new batch), normalised as in training, run in eval mode without gradients (the
+    model's mode is restored when the iterator finishes or is closed).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _as_device(device)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        pending: list[tuple] = []
+        for path in image_paths:
+            image = read_rgb(path)
+            if pending and (len(pending) == batch_size or image.shape != pending[0][1].shape):
+                yield from _predict_batch(model, pending, device)
+                pending = []
+            pending.append((path, image))
+        if pending:
+            yield from _predict_batch(model, pending, device)
+    finally:
+        model.train(was_training)
+
+
+def _predict_batch(model: nn.Module, pending: Sequence[tuple], device: torch.device) -> list:
+    with torch.inference_mode():
+        x = preprocess(np.stack([image for _, image in pending])).to(device)
+        mask_logits, head_logits = forward_padded(model, x)
+        probs = torch.sigmoid(mask_logits.float())[:, 0].cpu().numpy().astype(np.float32)
+        heads = torch.sigmoid(head_logits.float())[:, 0].cpu().numpy()
+    return [(path, probs[k], float(heads[k])) for k, (path, _) in enumerate(pending)]
+
+
+# --------------------------------------------------------------------------------------------
+# Figure
+
+
+def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Plot the metrics CSV of :func:`train`: train/val loss, val IoU (pooled and mean over
+    positives), head accuracy, and the learning rate with the number of training images per
+    epoch (the negative-sampling curriculum). A dotted line marks the best (checkpointed)
+    epoch. Reproducible bytes via :func:`histo_wsss.figures.figure` (format from the suffix).
+    """
+    table = pd.read_csv(metrics_csv)
+    missing = [c for c in METRICS_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{metrics_csv}: not a segmentation metrics CSV (missing {missing})")
+    if table.empty:
+        raise ValueError(f"{metrics_csv}: no epochs")
+    epochs = table["epoch"].to_numpy()
+    iou = table["val_iou"].to_numpy(dtype=np.float64)
+    best = None
+    for e, v in zip(epochs, iou, strict=True):
+        if is_improvement(v, None if best is None else best[1]):
+            best = (e, v)
+    with figure(path, (10, 7), dpi) as fig:
+        axes = fig.subplots(2, 2, sharex=True).ravel()
+        axes[0].plot(epochs, table["train_loss"], "o-", markersize=3, label="train")
+        axes[0].plot(epochs, table["val_loss"], "s-", markersize=3, label="val")
+        axes[0].set_ylabel("loss (Dice + Lovász + head BCE)")
+        axes[0].legend()
+        axes[1].plot(epochs, iou, "o-", markersize=3, color="C2", label="pooled, all images")
+        axes[1].plot(
+            epochs, table["val_iou_positive_mean"], "s-", markersize=3, color="C3",
+            label="mean over positive images",
+        )  # fmt: skip
+        axes[1].set_ylabel("val IoU")
+        axes[1].set_ylim(-0.02, 1.02)
+        axes[1].legend()
+        axes[2].plot(epochs, table["val_head_accuracy"], "o-", markersize=3, color="C4")
+        axes[2].set_ylabel("val head accuracy (p ≥ 0.5)")
+        axes[2].set_ylim(-0.02, 1.02)
+        axes[3].plot(epochs, table["lr"], "o-", markersize=3, color="C5")
+        axes[3].set_ylabel("learning rate", color="C5")
+        axes[3].set_ylim(bottom=0)
+        twin = axes[3].twinx()
+        twin.step(epochs, table["n_train_images"], where="mid", color="C6")
+        twin.set_ylabel("training images", color="C6")
+        twin.set_ylim(bottom=0)
+        for ax in axes:
+            if best is not None:
+                ax.axvline(best[0], color="0.6", linestyle=":", linewidth=1)
+            ax.grid(True, alpha=0.3)
+        for ax in axes[2:]:
+            ax.set_xlabel("epoch (0-based)")
+        fig.suptitle("segmentation learning curve (dotted: best val IoU, checkpointed)")
