@@ -22,7 +22,6 @@ from histo_wsss.segmentation import (
     epoch_items,
     forward_padded,
     is_improvement,
-    learning_curve,
     load_checkpoint,
     negative_probability,
     predict,
@@ -345,14 +344,14 @@ def test_best_checkpoint_and_early_stopping_follow_the_val_iou(data, tmp_path, m
         }
 
     saved = []
-    real_save = seg._save_checkpoint
+    real_save = seg.save_checkpoint
 
     def recording_save(path, checkpoint):
         saved.append(checkpoint["epoch"])
         real_save(path, checkpoint)
 
     monkeypatch.setattr(seg, "_validate", fake_validate)
-    monkeypatch.setattr(seg, "_save_checkpoint", recording_save)
+    monkeypatch.setattr(seg, "save_checkpoint", recording_save)
     cfg = {**TINY, "epochs": 6, "patience": 2}
     best, ckpt, csv = _run(data, tmp_path, cfg)
     assert pd.read_csv(csv)["val_iou"].tolist() == [0.2, 0.5, 0.4, 0.5]  # stopped after 4
@@ -487,14 +486,3 @@ def test_predict_yields_maps_at_each_image_size(trained, data, tmp_path):
     for (_, a, ha), (_, b, hb) in zip(results, one_by_one, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
         assert ha == pytest.approx(hb, abs=1e-5)
-
-
-def test_learning_curve_is_reproducible(trained, tmp_path):
-    _, _, csv = trained
-    learning_curve(csv, tmp_path / "a.png")
-    learning_curve(csv, tmp_path / "b.png")
-    assert (tmp_path / "a.png").stat().st_size > 10_000
-    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
-    pd.DataFrame({"epoch": [0], "train_loss": [1.0]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match=r"bad\.csv: not a segmentation metrics CSV"):
-        learning_curve(tmp_path / "bad.csv", tmp_path / "c.png")

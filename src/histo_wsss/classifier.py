@@ -31,11 +31,9 @@ Training (:func:`train`):
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,8 +51,18 @@ from tqdm import tqdm
 
 from histo_wsss.device import resolve_device
 from histo_wsss.figures import figure
-from histo_wsss.io import atomic_path, read_rgb, write_csv
+from histo_wsss.io import read_rgb, write_csv
 from histo_wsss.losses import ClassificationLoss
+from histo_wsss.training import (
+    as_device,
+    augmentation,
+    deterministic,
+    is_int,
+    is_num,
+    require,
+    save_checkpoint,
+    seed_transforms,
+)
 
 __all__ = [
     "ARCHS",
@@ -130,19 +138,6 @@ DEFAULTS: dict = {
 # Config
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_num(v: object) -> bool:
-    return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(float(v))
-
-
-def _require(ok: bool, key: str, value: object, what: str) -> None:
-    if not ok:
-        raise ValueError(f"classifier config: {key} must be {what}, got {value!r}")
-
-
 def resolve_config(cfg: Mapping | None = None) -> dict:
     """Merge ``cfg`` over :data:`DEFAULTS` (nested dicts key by key) and validate the values.
 
@@ -159,7 +154,7 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     out = copy.deepcopy(DEFAULTS)
     for key, value in cfg.items():
         if isinstance(DEFAULTS[key], dict):
-            _require(isinstance(value, Mapping), key, value, "a mapping")
+            require("classifier", isinstance(value, Mapping), key, value, "a mapping")
             bad = sorted(set(value) - set(DEFAULTS[key]))
             if bad:
                 raise ValueError(
@@ -170,42 +165,69 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
         else:
             out[key] = value
 
-    _require(out["arch"] in ARCHS, "arch", out["arch"], f"one of {ARCHS}")
+    require("classifier", out["arch"] in ARCHS, "arch", out["arch"], f"one of {ARCHS}")
     w = out["weights"]
-    _require(w is None or isinstance(w, (str, os.PathLike)), "weights", w, "null or a path")
+    require(
+        "classifier", w is None or isinstance(w, (str, os.PathLike)), "weights", w, "null or a path"
+    )
     out["weights"] = None if w is None else str(w)
     for key in ("epochs", "batch_size"):
-        _require(_is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1")
-    _require(_is_num(out["lr"]) and out["lr"] > 0, "lr", out["lr"], "a number > 0")
+        require("classifier", is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1")
+    require("classifier", is_num(out["lr"]) and out["lr"] > 0, "lr", out["lr"], "a number > 0")
     m = out["momentum"]
-    _require(_is_num(m) and 0 <= m < 1, "momentum", m, "a number in [0, 1)")
+    require("classifier", is_num(m) and 0 <= m < 1, "momentum", m, "a number in [0, 1)")
     for key in ("weight_decay", "bce_weight", "tversky_weight", "tversky_alpha", "tversky_beta"):
-        _require(_is_num(out[key]) and out[key] >= 0, key, out[key], "a number >= 0")
+        require("classifier", is_num(out[key]) and out[key] >= 0, key, out[key], "a number >= 0")
     if out["bce_weight"] == 0 and out["tversky_weight"] == 0:
         raise ValueError("classifier config: bce_weight and tversky_weight are both 0")
     g = out["tversky_gamma"]
-    _require(_is_num(g) and g > 0, "tversky_gamma", g, "a number > 0")
+    require("classifier", is_num(g) and g > 0, "tversky_gamma", g, "a number > 0")
     for block, start in out["unfreeze"].items():
-        _require(
-            start is None or (_is_int(start) and start >= 0),
+        require(
+            "classifier",
+            start is None or (is_int(start) and start >= 0),
             f"unfreeze.{block}",
             start,
             "an epoch >= 0 (0-based) or null (never)",
         )
     aug = out["augment"]
     for key in ("flip", "rotate90"):
-        _require(isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false")
+        require(
+            "classifier", isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false"
+        )
     for key in ("brightness", "contrast", "saturation"):
-        _require(_is_num(aug[key]) and 0 <= aug[key] < 1, f"augment.{key}", aug[key], "in [0, 1)")
-    _require(
-        _is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5, "augment.hue", aug["hue"], "in [0, 0.5]"
+        require(
+            "classifier",
+            is_num(aug[key]) and 0 <= aug[key] < 1,
+            f"augment.{key}",
+            aug[key],
+            "in [0, 1)",
+        )
+    require(
+        "classifier",
+        is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5,
+        "augment.hue",
+        aug["hue"],
+        "in [0, 0.5]",
     )
     sm = out["selection_metric"]
-    _require(sm in SELECTION_METRICS, "selection_metric", sm, f"one of {tuple(SELECTION_METRICS)}")
-    _require(_is_int(out["seed"]) and out["seed"] >= 0, "seed", out["seed"], "an integer >= 0")
-    _require(isinstance(out["device"], str), "device", out["device"], "a string")
+    require(
+        "classifier",
+        sm in SELECTION_METRICS,
+        "selection_metric",
+        sm,
+        f"one of {tuple(SELECTION_METRICS)}",
+    )
+    require(
+        "classifier",
+        is_int(out["seed"]) and out["seed"] >= 0,
+        "seed",
+        out["seed"],
+        "an integer >= 0",
+    )
+    require("classifier", isinstance(out["device"], str), "device", out["device"], "a string")
     nw = out["num_workers"]
-    _require(_is_int(nw) and nw >= 0, "num_workers", nw, "an integer >= 0")
+    require("classifier", is_int(nw) and nw >= 0, "num_workers", nw, "an integer >= 0")
     return out
 
 
@@ -396,25 +418,6 @@ def _split_items(items: Iterable, split: str) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def _augmentation(aug: Mapping) -> A.Compose | None:
-    ops: list = []
-    if aug["flip"]:
-        ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-    if aug["rotate90"]:
-        ops.append(A.RandomRotate90(p=1.0))  # uniform over 0/90/180/270 degrees
-    if any(aug[k] > 0 for k in ("brightness", "contrast", "saturation", "hue")):
-        ops.append(
-            A.ColorJitter(
-                brightness=aug["brightness"],
-                contrast=aug["contrast"],
-                saturation=aug["saturation"],
-                hue=aug["hue"],
-                p=1.0,
-            )
-        )
-    return A.Compose(ops) if ops else None
-
-
 class _ImageDataset(Dataset):
     """In-memory uint8 images -> (normalised tensor, (1,) float label); optional augmentation.
 
@@ -435,13 +438,7 @@ class _ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]
         if self.transform is not None:
-            ops = self.transform.transforms
-            seeds = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(
-                len(ops) + 1
-            )
-            self.transform.set_random_seed(int(seeds[0]))
-            for op, s in zip(ops, seeds[1:], strict=True):
-                op.set_random_seed(int(s))
+            seed_transforms(self.transform, self.seed, self.epoch, index)
             image = self.transform(image=image)["image"]
         label = torch.tensor([float(self.labels[index])], dtype=torch.float32)
         return preprocess(image), label
@@ -525,21 +522,6 @@ def is_improvement(metric: str, row: Mapping, best: Mapping | None) -> bool:
 # Training
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - for libraries that draw from numpy's global RNG
-    torch.manual_seed(seed)
-
-
-def _save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
-    # Serialise to memory first: torch.save(path) names the zip's root folder after the file,
-    # which here would be the random temporary name (different bytes on every run).
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
 def train(
     train_items: Sequence[tuple[str | os.PathLike, int]],
     val_items: Sequence[tuple[str | os.PathLike, int]],
@@ -587,24 +569,11 @@ def train(
             f"train images are {train_images.shape[1:]} but val images {val_images.shape[1:]}"
         )
 
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    previous_benchmark = torch.backends.cudnn.benchmark
-    try:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        _seed_everything(cfg["seed"])
+    with deterministic(device, cfg["seed"]):
         return _train(
             cfg, device, train_images, train_labels, val_images, val_labels,
             Path(checkpoint_path), Path(metrics_path), log,
         )  # fmt: skip
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.backends.cudnn.benchmark = previous_benchmark
 
 
 def _train(
@@ -619,7 +588,7 @@ def _train(
     log: logging.Logger,
 ) -> dict:
     model = build_model(cfg["arch"], cfg["weights"]).to(device)
-    dataset = _ImageDataset(train_images, train_labels, _augmentation(cfg["augment"]), cfg["seed"])
+    dataset = _ImageDataset(train_images, train_labels, augmentation(cfg["augment"]), cfg["seed"])
     batch_size = cfg["batch_size"]
     loader = DataLoader(
         dataset,
@@ -696,7 +665,7 @@ def _train(
         improved = is_improvement(metric, row, best)
         if improved:
             best = {k: v for k, v in row.items() if k != "seconds"}
-            _save_checkpoint(
+            save_checkpoint(
                 checkpoint_path,
                 {
                     "arch": cfg["arch"],
@@ -721,10 +690,6 @@ def _train(
 
 # --------------------------------------------------------------------------------------------
 # Inference
-
-
-def _as_device(device: str | torch.device) -> torch.device:
-    return device if isinstance(device, torch.device) else resolve_device(device)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -754,7 +719,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise ValueError(f"{path}: state_dict does not match {ckpt['arch']}: {err}") from err
-    return model.to(_as_device(device)).eval()
+    return model.to(as_device(device)).eval()
 
 
 def predict(
@@ -771,7 +736,7 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _as_device(device)
+    device = as_device(device)
     paths = [str(p) for p in paths]
     model.to(device)
     batches = (_load_images(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size))

@@ -94,7 +94,6 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import albumentations as A
@@ -108,20 +107,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from histo_wsss.classifier import ARCHS as TORCHVISION_RESNETS
-from histo_wsss.classifier import (
-    _as_device,
-    _augmentation,
-    _is_int,
-    _is_num,
-    _save_checkpoint,
-    _seed_everything,
-    preprocess,
-)
 from histo_wsss.classifier import build_model as _torchvision_resnet
+from histo_wsss.classifier import preprocess
 from histo_wsss.device import resolve_device
-from histo_wsss.figures import figure
 from histo_wsss.io import read_mask, read_rgb, write_csv
 from histo_wsss.metrics import confusion, scores_from_counts
+from histo_wsss.training import (
+    as_device,
+    augmentation,
+    deterministic,
+    is_int,
+    is_num,
+    require,
+    save_checkpoint,
+    seed_transforms,
+)
 
 __all__ = [
     "ARCHS",
@@ -134,7 +134,6 @@ __all__ = [
     "epoch_items",
     "forward_padded",
     "is_improvement",
-    "learning_curve",
     "load_checkpoint",
     "negative_probability",
     "predict",
@@ -200,11 +199,6 @@ _CURRICULUM, _BATCHES, _AUGMENT = 1, 2, 3
 # Config
 
 
-def _require(ok: bool, key: str, value: object, what: str) -> None:
-    if not ok:
-        raise ValueError(f"segmentation config: {key} must be {what}, got {value!r}")
-
-
 def resolve_config(cfg: Mapping | None = None) -> dict:
     """Merge ``cfg`` over :data:`DEFAULTS` (``augment`` key by key) and validate the values.
 
@@ -221,7 +215,7 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     out = copy.deepcopy(DEFAULTS)
     for key, value in cfg.items():
         if isinstance(DEFAULTS[key], dict):
-            _require(isinstance(value, Mapping), key, value, "a mapping")
+            require("segmentation", isinstance(value, Mapping), key, value, "a mapping")
             bad = sorted(set(value) - set(DEFAULTS[key]), key=str)
             if bad:
                 raise ValueError(
@@ -233,36 +227,64 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
         else:
             out[key] = value
 
-    _require(out["arch"] in ARCHS, "arch", out["arch"], f"one of {tuple(ARCHS)}")
-    _require(isinstance(out["encoder"], str), "encoder", out["encoder"], "an smp encoder name")
+    require("segmentation", out["arch"] in ARCHS, "arch", out["arch"], f"one of {tuple(ARCHS)}")
+    require(
+        "segmentation",
+        isinstance(out["encoder"], str),
+        "encoder",
+        out["encoder"],
+        "an smp encoder name",
+    )
     w = out["encoder_weights"]
-    _require(w is None or isinstance(w, (str, os.PathLike)), "encoder_weights", w, "null or a path")
+    require(
+        "segmentation",
+        w is None or isinstance(w, (str, os.PathLike)),
+        "encoder_weights",
+        w,
+        "null or a path",
+    )
     out["encoder_weights"] = None if w is None else str(w)
     for key in ("epochs", "batch_size", "patience"):
-        _require(_is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1")
+        require(
+            "segmentation", is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1"
+        )
     for key in ("positive_only_epochs", "negative_ramp_epochs", "seed", "num_workers"):
-        _require(_is_int(out[key]) and out[key] >= 0, key, out[key], "an integer >= 0")
+        require(
+            "segmentation", is_int(out[key]) and out[key] >= 0, key, out[key], "an integer >= 0"
+        )
     for key in ("lr", "grad_clip"):
-        _require(_is_num(out[key]) and out[key] > 0, key, out[key], "a number > 0")
+        require("segmentation", is_num(out[key]) and out[key] > 0, key, out[key], "a number > 0")
     m = out["momentum"]
-    _require(_is_num(m) and 0 <= m < 1, "momentum", m, "a number in [0, 1)")
+    require("segmentation", is_num(m) and 0 <= m < 1, "momentum", m, "a number in [0, 1)")
     for key in ("weight_decay", "dice_weight", "lovasz_weight", "bce_head_weight"):
-        _require(_is_num(out[key]) and out[key] >= 0, key, out[key], "a number >= 0")
+        require("segmentation", is_num(out[key]) and out[key] >= 0, key, out[key], "a number >= 0")
     if out["dice_weight"] == 0 and out["lovasz_weight"] == 0:
         raise ValueError("segmentation config: dice_weight and lovasz_weight are both 0")
     p = out["negative_max_prob"]
-    _require(_is_num(p) and 0 <= p <= 1, "negative_max_prob", p, "a number in [0, 1]")
+    require("segmentation", is_num(p) and 0 <= p <= 1, "negative_max_prob", p, "a number in [0, 1]")
     t = out["threshold"]
-    _require(_is_num(t) and 0 < t < 1, "threshold", t, "a number in (0, 1)")
+    require("segmentation", is_num(t) and 0 < t < 1, "threshold", t, "a number in (0, 1)")
     aug = out["augment"]
     for key in ("flip", "rotate90"):
-        _require(isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false")
+        require(
+            "segmentation", isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false"
+        )
     for key in ("brightness", "contrast", "saturation"):
-        _require(_is_num(aug[key]) and 0 <= aug[key] < 1, f"augment.{key}", aug[key], "in [0, 1)")
-    _require(
-        _is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5, "augment.hue", aug["hue"], "in [0, 0.5]"
+        require(
+            "segmentation",
+            is_num(aug[key]) and 0 <= aug[key] < 1,
+            f"augment.{key}",
+            aug[key],
+            "in [0, 1)",
+        )
+    require(
+        "segmentation",
+        is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5,
+        "augment.hue",
+        aug["hue"],
+        "in [0, 0.5]",
     )
-    _require(isinstance(out["device"], str), "device", out["device"], "a string")
+    require("segmentation", isinstance(out["device"], str), "device", out["device"], "a string")
     return out
 
 
@@ -570,12 +592,7 @@ class _SegDataset(Dataset):
         mask = self.data.masks[index].astype(np.uint8)
         transform = self.transforms[0 if image.shape[0] == image.shape[1] else 1]
         if transform is not None:
-            ops = transform.transforms
-            entropy = [self.seed, _AUGMENT, self.epoch, index]
-            seeds = np.random.SeedSequence(entropy).generate_state(len(ops) + 1)
-            transform.set_random_seed(int(seeds[0]))
-            for op, s in zip(ops, seeds[1:], strict=True):
-                op.set_random_seed(int(s))
+            seed_transforms(transform, self.seed, _AUGMENT, self.epoch, index)
             out = transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
@@ -584,29 +601,11 @@ class _SegDataset(Dataset):
 
 
 def _transforms(aug: Mapping) -> tuple[A.Compose | None, A.Compose | None]:
-    return _augmentation(aug), _augmentation({**aug, "rotate90": False})
+    return augmentation(aug), augmentation({**aug, "rotate90": False})
 
 
 # --------------------------------------------------------------------------------------------
 # Training
-
-
-@contextmanager
-def _deterministic(device: torch.device) -> Iterator[None]:
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    previous_benchmark = torch.backends.cudnn.benchmark
-    try:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.backends.cudnn.benchmark = previous_benchmark
 
 
 def train(
@@ -642,8 +641,7 @@ def train(
     val_data = _Data(val_items, "val")
     if not train_data.labels.any():
         raise ValueError("the train split has no positive (label 1) image")
-    with _deterministic(device):
-        _seed_everything(cfg["seed"])
+    with deterministic(device, cfg["seed"]):
         return _train(cfg, device, train_data, val_data, Path(checkpoint_path),
                       Path(metrics_path), log)  # fmt: skip
 
@@ -731,7 +729,7 @@ def _train(
         history.append(row["val_iou"])
         if improved:
             best = {k: v for k, v in row.items() if k != "seconds"}
-            _save_checkpoint(
+            save_checkpoint(
                 checkpoint_path,
                 {
                     "arch": cfg["arch"],
@@ -830,7 +828,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise ValueError(
             f"{path}: state_dict does not match {ckpt['arch']}/{ckpt['encoder']}: {err}"
         ) from err
-    return model.to(_as_device(device)).eval()
+    return model.to(as_device(device)).eval()
 
 
 def predict(
@@ -849,7 +847,7 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _as_device(device)
+    device = as_device(device)
     model.to(device)
     was_training = model.training
     model.eval()
@@ -878,54 +876,3 @@ def _predict_batch(model: nn.Module, pending: Sequence[tuple], device: torch.dev
 
 # --------------------------------------------------------------------------------------------
 # Figure
-
-
-def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Plot the metrics CSV of :func:`train`: train/val loss, val IoU (pooled and mean over
-    positives), head accuracy, and the learning rate with the number of training images per
-    epoch (the negative-sampling curriculum). A dotted line marks the best (checkpointed)
-    epoch. Reproducible bytes via :func:`histo_wsss.figures.figure` (format from the suffix).
-    """
-    table = pd.read_csv(metrics_csv)
-    missing = [c for c in METRICS_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{metrics_csv}: not a segmentation metrics CSV (missing {missing})")
-    if table.empty:
-        raise ValueError(f"{metrics_csv}: no epochs")
-    epochs = table["epoch"].to_numpy()
-    iou = table["val_iou"].to_numpy(dtype=np.float64)
-    best = None
-    for e, v in zip(epochs, iou, strict=True):
-        if is_improvement(v, None if best is None else best[1]):
-            best = (e, v)
-    with figure(path, (10, 7), dpi) as fig:
-        axes = fig.subplots(2, 2, sharex=True).ravel()
-        axes[0].plot(epochs, table["train_loss"], "o-", markersize=3, label="train")
-        axes[0].plot(epochs, table["val_loss"], "s-", markersize=3, label="val")
-        axes[0].set_ylabel("loss (Dice + Lovász + head BCE)")
-        axes[0].legend()
-        axes[1].plot(epochs, iou, "o-", markersize=3, color="C2", label="pooled, all images")
-        axes[1].plot(
-            epochs, table["val_iou_positive_mean"], "s-", markersize=3, color="C3",
-            label="mean over positive images",
-        )  # fmt: skip
-        axes[1].set_ylabel("val IoU")
-        axes[1].set_ylim(-0.02, 1.02)
-        axes[1].legend()
-        axes[2].plot(epochs, table["val_head_accuracy"], "o-", markersize=3, color="C4")
-        axes[2].set_ylabel("val head accuracy (p ≥ 0.5)")
-        axes[2].set_ylim(-0.02, 1.02)
-        axes[3].plot(epochs, table["lr"], "o-", markersize=3, color="C5")
-        axes[3].set_ylabel("learning rate", color="C5")
-        axes[3].set_ylim(bottom=0)
-        twin = axes[3].twinx()
-        twin.step(epochs, table["n_train_images"], where="mid", color="C6")
-        twin.set_ylabel("training images", color="C6")
-        twin.set_ylim(bottom=0)
-        for ax in axes:
-            if best is not None:
-                ax.axvline(best[0], color="0.6", linestyle=":", linewidth=1)
-            ax.grid(True, alpha=0.3)
-        for ax in axes[2:]:
-            ax.set_xlabel("epoch (0-based)")
-        fig.suptitle("segmentation learning curve (dotted: best val IoU, checkpointed)")

@@ -1,0 +1,105 @@
+"""Machinery shared by the classifier and the segmentation trainers."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import albumentations as A
+import numpy as np
+import torch
+
+from histo_wsss.device import resolve_device
+from histo_wsss.io import atomic_path
+
+
+def is_int(v: object) -> bool:
+    """An integer that is not a boolean."""
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def is_num(v: object) -> bool:
+    """A finite real number that is not a boolean."""
+    return (is_int(v) or isinstance(v, float | np.floating)) and math.isfinite(float(v))
+
+
+def require(section: str, ok: bool, key: str, value: object, what: str) -> None:
+    """Raise ``ValueError`` naming the config ``section.key`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{section} config: {key} must be {what}, got {value!r}")
+
+
+def as_device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def augmentation(aug: Mapping) -> A.Compose | None:
+    """Albumentations pipeline of an ``augment`` config section (``None`` when empty)."""
+    ops: list = []
+    if aug["flip"]:
+        ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if aug["rotate90"]:
+        ops.append(A.RandomRotate90(p=1.0))  # uniform over 0/90/180/270 degrees
+    if any(aug[k] > 0 for k in ("brightness", "contrast", "saturation", "hue")):
+        ops.append(
+            A.ColorJitter(
+                brightness=aug["brightness"],
+                contrast=aug["contrast"],
+                saturation=aug["saturation"],
+                hue=aug["hue"],
+                p=1.0,
+            )
+        )
+    return A.Compose(ops) if ops else None
+
+
+def seed_transforms(transform: A.Compose, *entropy: int) -> None:
+    """Seed ``transform`` and each of its ops from ``entropy`` (e.g. seed, epoch, index).
+
+    Each op gets its own seed: albumentations' ``Compose.set_random_seed`` alone gives every op
+    the same seed, which would make the horizontal and vertical flips always coincide.
+    """
+    ops = transform.transforms
+    seeds = np.random.SeedSequence(list(entropy)).generate_state(len(ops) + 1)
+    transform.set_random_seed(int(seeds[0]))
+    for op, s in zip(ops, seeds[1:], strict=True):
+        op.set_random_seed(int(s))
+
+
+@contextmanager
+def deterministic(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed Python, numpy and torch and use deterministic algorithms for the block.
+
+    torch's deterministic-algorithm flags and cuDNN's benchmark mode are restored afterwards.
+    """
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    previous_benchmark = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002 - for libraries that draw from numpy's global RNG
+        torch.manual_seed(seed)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
+    """``torch.save`` atomically and reproducibly (same content, same bytes)."""
+    # Serialise to memory first: torch.save(path) names the zip's root folder after the file,
+    # which here would be the random temporary name (different bytes on every run).
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
