@@ -5,11 +5,12 @@ import torch
 from histo_wsss.cam import save_cams
 from histo_wsss.classifier import load_checkpoint
 from histo_wsss.device import resolve_device
+from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.io import atomic_dir, write_csv
 from histo_wsss.logs import job_log
 from histo_wsss.splits import read_split
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     cfg = snakemake.params.cam
     device = resolve_device(cfg["device"])

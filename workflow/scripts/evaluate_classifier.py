@@ -4,11 +4,12 @@ import torch
 
 from histo_wsss.classifier import evaluate, load_checkpoint, predict
 from histo_wsss.device import resolve_device
+from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.io import write_json
 from histo_wsss.logs import job_log
 from histo_wsss.splits import read_split
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     device = resolve_device(snakemake.params.device)
     model = load_checkpoint(snakemake.input.model, device)

@@ -3,13 +3,14 @@
 import torch
 
 from histo_wsss.device import resolve_device
+from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.io import atomic_dir
 from histo_wsss.logs import job_log
 from histo_wsss.prediction import save_predictions
 from histo_wsss.segmentation import load_checkpoint
 from histo_wsss.splits import read_split
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
     device = resolve_device(p.device)

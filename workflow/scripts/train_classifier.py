@@ -3,10 +3,11 @@
 import torch
 
 from histo_wsss.classifier import train
+from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.logs import job_log
 from histo_wsss.splits import read_split
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     split = read_split(snakemake.input.split, snakemake.params.positive_class)
     images = snakemake.params.images
