@@ -10,7 +10,11 @@ from pathlib import Path
 
 @contextmanager
 def job_log(path: str | Path) -> Iterator[logging.Logger]:
-    """Send logging and stderr (tqdm bars, warnings, tracebacks) to ``path`` for the block."""
+    """Send logging and stderr (tqdm bars, warnings, tracebacks) to ``path`` for the block.
+
+    The first and last lines ("job started", "job finished" or "job failed") bracket the block
+    with millisecond timestamps.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", buffering=1) as stream, redirect_stderr(stream):
@@ -20,11 +24,15 @@ def job_log(path: str | Path) -> Iterator[logging.Logger]:
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         logging.captureWarnings(True)
+        log = logging.getLogger("histo_wsss")
+        log.info("job started")
         try:
-            yield logging.getLogger("histo_wsss")
+            yield log
         except BaseException:
-            logging.getLogger("histo_wsss").exception("job failed")
+            log.exception("job failed")
             raise
+        else:
+            log.info("job finished")
         finally:
             root.removeHandler(handler)
             logging.captureWarnings(False)

@@ -3,9 +3,7 @@
 
 rule stain_target:
     input:
-        split=f"{RESULTS}/split/split.csv",
-        images=dataset_inputs()["images"],
-        reference=stain_target_input(),
+        unpack(stain_target_inputs),
     output:
         f"{RESULTS}/stain/target.json",
     log:
@@ -18,7 +16,7 @@ rule stain_target:
     resources:
         mem_mb=2000,
     params:
-        images=SAMPLE_IMAGES,
+        images=SAMPLE_IMAGES if STAIN_AUTO else {},
         stain=config["stain"],
     script:
         "../scripts/stain_target.py"

@@ -1,0 +1,241 @@
+"""Partial reruns, GPU tagging and reproducibility of the real Snakefile, on the tiny demo."""
+
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from workflow_runner import REPO, TINY, planned_jobs, snakemake
+
+from histo_wsss.shards import shard_of
+
+pytestmark = pytest.mark.integration
+
+# The rules that run a network: exactly these must declare `resources: gpu=1`.
+MODEL_RULES = {
+    "train_classifier",
+    "evaluate_classifier",
+    "cams",
+    "train_segmentation",
+    "predict",
+    "predict_new",
+}
+
+# Every job downstream of the pseudo-masks, with the tiny config's shard counts.
+SEGMENTATION_AND_AFTER = {
+    "train_segmentation": 1,
+    "predict": 1,
+    "evaluate_segmentation": 1,
+    "figure_examples": 3,
+    "figure_learning_curves": 1,
+    "metrics_table": 1,
+    "all": 1,
+}
+PSEUDO_MASKS_AND_AFTER = {
+    "pseudo_masks": TINY["pseudo_masks"]["shards"],
+    "pseudo_mask_quality": 1,
+    "pseudo_mask_figure": 1,
+    **SEGMENTATION_AND_AFTER,
+}
+
+
+def _with(section: str, **values) -> dict:
+    return {**TINY, section: {**TINY.get(section, {}), **values}}
+
+
+def test_a_crf_parameter_reruns_the_pseudo_masks_and_what_follows(tiny_run):
+    config = _with("pseudo_masks", crf_bilateral_srgb=10)
+    assert planned_jobs(tiny_run, config) == PSEUDO_MASKS_AND_AFTER
+
+
+def test_a_segmentation_parameter_reruns_segmentation_and_after(tiny_run):
+    config = _with("segmentation", lr=0.005)
+    assert planned_jobs(tiny_run, config) == SEGMENTATION_AND_AFTER
+
+
+def test_a_cam_parameter_keeps_the_classifier(tiny_run):
+    config = _with("cam", noise_sigma=0.2)
+    cams = {"cams": TINY["cam"]["shards"], "cam_summary": 1}
+    assert planned_jobs(tiny_run, config) == {**cams, **PSEUDO_MASKS_AND_AFTER}
+
+
+def test_nothing_changed_plans_nothing(tiny_run):
+    assert planned_jobs(tiny_run) == {}
+
+
+def test_a_deleted_figure_plans_only_its_own_job(tiny_run):
+    figure = tiny_run / "results" / "figures" / "uncertainty_maps.png"
+    kept = figure.read_bytes()
+    figure.unlink()
+    try:
+        assert planned_jobs(tiny_run) == {"figure_examples": 1, "all": 1}
+    finally:
+        figure.write_bytes(kept)
+
+
+def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp_path):
+    """A folder dataset with a fixed stain reference, run to the end; then one image more in
+    the dataset and one more in the folder of new images to predict.
+
+    What the design allows: normalization is per shard (an image's shard is a hash of its
+    name) and a fixed reference does not depend on the data, so only the new image's shard is
+    normalized again. The split, and so the training set, changes: the classifier, every CAM
+    and pseudo-mask and the segmentation network are trained or made again, as they must be.
+    A new image to predict reruns only the prediction of the new-images folder.
+    """
+    data = tmp_path / "data"
+    shutil.copytree(tiny_run / "results" / "demo", data)
+    labels = pd.read_csv(data / "labels.csv")
+    added = labels.iloc[-1]
+    added_name = Path(added["Image Name"]).stem
+    labels.iloc[:-1].to_csv(data / "labels.csv", index=False)
+    qc = pd.read_csv(tiny_run / "results" / "stain" / "qc.csv")
+    reference = qc.loc[qc["normalized"].astype(str) == "True", "name"].iloc[0]
+    new_images = tmp_path / "new"
+    new_images.mkdir()
+    for name in labels["Image Name"].iloc[:2]:
+        shutil.copy(data / "images" / name, new_images / name)
+    config = {
+        **TINY,
+        "dataset": {
+            "source": "folder",
+            "images": "data/images",
+            "labels": "data/labels.csv",
+            "masks": "data/masks",
+        },
+        "stain": {"shards": 4, "target": f"data/images/{reference}.png"},
+        "predict": {"images": "new"},
+    }
+    snakemake(tmp_path, "--cores", "2", config=config)
+    assert planned_jobs(tmp_path, config) == {}
+
+    labels.to_csv(data / "labels.csv", index=False)
+    shutil.copy(data / "images" / added["Image Name"], new_images / "another.png")
+    jobs = planned_jobs(tmp_path, config)
+    assert jobs.pop("normalize_stain") == 1  # of 4: the shard of the added image only
+    assert "stain_target" not in jobs
+    assert jobs.pop("predict_new") == 1
+    retrained = {
+        "stain_qc": 1,
+        "split": 1,
+        "train_classifier": 1,
+        "evaluate_classifier": 1,
+        "classifier_learning_curve": 1,
+        "cams": TINY["cam"]["shards"],
+        "cam_summary": 1,
+        **PSEUDO_MASKS_AND_AFTER,
+    }
+    assert jobs == retrained
+    plan = snakemake(tmp_path, "-n", config=config).stdout
+    shard = shard_of(added_name, 4)
+    assert f"results/stain/shards/{shard}\n" in plan
+
+
+# --------------------------------------------------------------------------------------------
+# GPU tagging
+
+MODEL_CALL = re.compile(r"\b(train|load_checkpoint)\(")
+
+
+def _rule_scripts() -> dict[str, str]:
+    """``{rule: script source}`` of every rule of the workflow that runs a script."""
+    scripts = {}
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            name = block.split(":", 1)[0]
+            script = re.search(r'script:\s*"([^"]+)"', block)
+            if script:
+                scripts[name] = (smk.parent / script.group(1)).read_text()
+    return scripts
+
+
+def _planned_resources(workdir: Path, config: dict) -> dict[str, str]:
+    """``{rule: resources line}`` of every job ``snakemake -n`` plans from scratch."""
+    out = snakemake(workdir, "-n", config=config).stdout
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", out, flags=re.M | re.S)
+    return {rule: re.search(r"resources: (.*)", body).group(1) for rule, body in blocks}
+
+
+def test_exactly_the_rules_that_run_a_model_declare_a_gpu(tiny_run, tmp_path):
+    config = {**TINY, "predict": {"images": str(tiny_run / "results" / "demo" / "images")}}
+    resources = _planned_resources(tmp_path, config)
+    scripts = _rule_scripts()
+    assert set(scripts) - {"all"} <= set(resources), "every scripted rule is in the plan"
+    runs_model = {rule for rule, source in scripts.items() if MODEL_CALL.search(source)}
+    gpu = {rule for rule, line in resources.items() if re.search(r"\bgpu=1\b", line)}
+    assert runs_model == MODEL_RULES
+    assert gpu == runs_model
+
+
+def _job_spans(logs: Path) -> dict[str, tuple[datetime, datetime]]:
+    """``{log name: (start, end)}`` from the "job started" / "job finished" lines of job logs."""
+    spans = {}
+    for path in logs.rglob("*.log"):
+        lines = path.read_text().splitlines()
+        times = [
+            datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in (lines[0], lines[-1])
+        ]
+        assert lines[0].endswith("job started") and lines[-1].endswith("job finished"), path
+        spans[path.relative_to(logs).with_suffix("").as_posix()] = tuple(times)
+    return spans
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducibility and GPU slots, from a second clean run
+
+
+@pytest.fixture(scope="module")
+def twin_run(tmp_path_factory):
+    """A second clean run of the same config, with ``--cores 2 --resources gpu=1``."""
+    workdir = tmp_path_factory.mktemp("twin")
+    snakemake(workdir, "--cores", "2", "--resources", "gpu=1")
+    return workdir
+
+
+def test_gpu_jobs_never_overlap_under_one_gpu_slot(twin_run):
+    spans = _job_spans(twin_run / "results" / "logs")
+    gpu = {k: v for k, v in spans.items() if k.split("/")[0] in MODEL_RULES}
+    assert {"cams/0", "cams/1", "train_classifier", "train_segmentation"} <= set(gpu)
+    names = sorted(gpu)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not _overlap(gpu[first], gpu[second]), (first, second)
+    # Two cores did run other jobs side by side: the order above was not forced by the cores.
+    others = [v for k, v in spans.items() if k not in gpu]
+    assert any(_overlap(a, b) for i, a in enumerate(others) for b in others[i + 1 :])
+
+
+# What records wall-clock time: job logs, benchmarks and the `seconds` column of tables (the
+# training metrics, the per-image pseudo-mask tables). Everything else must be byte-identical.
+TIMED = ("logs/", "benchmarks/")
+
+
+def test_two_clean_runs_give_byte_identical_results(tiny_run, twin_run):
+    first, second = tiny_run / "results", twin_run / "results"
+    files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(second).as_posix() for p in second.rglob("*") if p.is_file()
+    )
+    compared = [f for f in files if not f.startswith(TIMED)]
+    assert {"split/split.csv", "segmentation/evaluation.json", "figures/error_maps.png"} <= set(
+        compared
+    )
+    assert sum(f.startswith("pseudo_masks/shards/") and f.endswith(".png") for f in compared) >= 24
+    differ, timed = [], []
+    for rel in compared:
+        a, b = (first / rel).read_bytes(), (second / rel).read_bytes()
+        if rel.endswith(".csv") and b"seconds" in a.split(b"\n", 1)[0]:
+            timed.append(rel)
+            a, b = (pd.read_csv(d / rel).drop(columns="seconds") for d in (first, second))
+            if not a.equals(b):
+                differ.append(rel)
+        elif a != b:
+            differ.append(rel)
+    assert differ == []
+    assert "classifier/metrics.csv" in timed and "pseudo_masks/quality.csv" in timed
