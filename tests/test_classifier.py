@@ -269,12 +269,12 @@ def test_flips_are_drawn_independently():
     """albumentations seeds every transform of a Compose alike (flips would always coincide);
     the dataset seeds each transform separately, so all four flip combinations occur."""
     from histo_wsss.classifier import _ImageDataset, preprocess
-    from histo_wsss.training import augmentation
+    from histo_wsss.training import Augmentation
 
     off = {"rotate90": False, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
     img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(1, 4, 4, 3)
     data = _ImageDataset(
-        img, np.array([0]), augmentation(resolve_config({"augment": off})["augment"]), 0
+        img, np.array([0]), Augmentation(resolve_config({"augment": off})["augment"]), 0
     )
     variants = [img[0], img[0][:, ::-1], img[0][::-1], img[0][::-1, ::-1]]
     seen = set()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchvision.models import resnet18, resnet34
 
 from histo_wsss import segmentation as seg
+from histo_wsss.batching import size_batches
 from histo_wsss.classifier import IMAGENET_MEAN, IMAGENET_STD
 from histo_wsss.io import write_png
 from histo_wsss.segmentation import (
@@ -27,9 +28,9 @@ from histo_wsss.segmentation import (
     predict,
     resolve_config,
     should_stop,
-    size_batches,
     train,
 )
+from histo_wsss.training import Augmentation
 
 SMALL = {"encoder": "resnet18", "device": "cpu"}
 
@@ -410,7 +411,7 @@ def test_augmentation_moves_image_and_mask_together():
     data.labels = np.array([1, 1])
     data.paths = ["a", "b"]
     aug = {**DEFAULTS["augment"], "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
-    dataset = seg._SegDataset(data, seg._transforms({**aug, "hue": 0.0}), seed=0)
+    dataset = seg._SegDataset(data, Augmentation({**aug, "hue": 0.0}), seed=0)
     mean, std = (
         torch.tensor(IMAGENET_MEAN)[:, None, None],
         torch.tensor(IMAGENET_STD)[:, None, None],

@@ -26,8 +26,15 @@ TINY = {
 }
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True):
-    """Run snakemake on the repo's Snakefile in ``workdir`` with the demo config + ``config``."""
+def snakemake(
+    workdir: Path,
+    *args: str,
+    config: dict | None = None,
+    check: bool = True,
+    base: Path = REPO / "config" / "config.yaml",
+):
+    """Run snakemake on the repo's Snakefile in ``workdir`` with the ``base`` config file (the
+    demo's by default) + ``config``."""
     workdir.mkdir(parents=True, exist_ok=True)
     override = workdir / "test_config.yaml"
     override.write_text(yaml.safe_dump(config if config is not None else TINY))
@@ -36,7 +43,7 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool
         "--snakefile",
         str(REPO / "Snakefile"),
         "--configfile",
-        str(REPO / "config" / "config.yaml"),
+        str(base),
         str(override),
         *args,
     ]
@@ -48,3 +55,18 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool
             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
         )
     return result
+
+
+def planned_jobs(workdir: Path, config: dict | None = None) -> dict[str, int]:
+    """``{rule: job count}`` that ``snakemake -n`` plans in ``workdir`` (``{}``: nothing to do)."""
+    result = snakemake(workdir, "-n", config=config)
+    out = result.stdout + result.stderr
+    if "Nothing to be done" in out:
+        return {}
+    jobs = {}
+    for line in out.split("Job stats:", 1)[1].splitlines()[3:]:
+        rule, count = line.split()
+        if rule == "total":
+            return jobs
+        jobs[rule] = int(count)
+    raise AssertionError(f"no job table in:\n{out[-4000:]}")

@@ -72,6 +72,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from torch import nn
 from tqdm import tqdm
 
+from histo_wsss.batching import same_size_runs
 from histo_wsss.classifier import preprocess
 from histo_wsss.io import atomic_path, read_mask, read_rgb
 
@@ -338,20 +339,6 @@ def image_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
-def _batches(items: Sequence[tuple[str, str, int]], batch_size: int):
-    """Consecutive batches of at most ``batch_size`` images of one size each."""
-    batch, shape = [], None
-    for name, path, label in items:
-        rgb = read_rgb(path)
-        if batch and (rgb.shape != shape or len(batch) == batch_size):
-            yield batch
-            batch = []
-        batch.append((name, rgb, label))
-        shape = rgb.shape
-    if batch:
-        yield batch
-
-
 def save_cams(
     model: nn.Module,
     items: Sequence[tuple[str, str, int]],
@@ -361,15 +348,17 @@ def save_cams(
 ) -> pd.DataFrame:
     """CAMs of ``(name, image path, label)`` items for their label, saved as float16 ``.npy``.
 
-    ``cfg`` is the ``cam`` config section. Returns one row per image: name, label and the
-    peak's row and column.
+    ``cfg`` is the ``cam`` config section. Every image is read and mapped at its own size
+    (consecutive images of one size share a batch of up to ``cfg["batch_size"]``); its CAM has
+    the image's size. Returns one row per image: name, label and the peak's row and column.
     """
     model.to(device).eval()
     layer = resnet_target_layer(model)
     out_dir = Path(out_dir)
     rows = []
     with tqdm(total=len(items), desc="cams", unit="img") as bar:
-        for batch in _batches(items, cfg["batch_size"]):
+        images = ((name, read_rgb(path), label) for name, path, label in items)
+        for batch in same_size_runs(images, cfg["batch_size"], lambda item: item[1].shape):
             names, images, labels = zip(*batch, strict=True)
             maps = compute_cams(
                 model,

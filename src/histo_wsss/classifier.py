@@ -5,11 +5,19 @@ Everything is keyed by a plain config dict (the workflow's ``classifier`` sectio
 
 Training (:func:`train`):
 
-* images are read once and kept in memory as uint8 (all must have the same size);
-* training images are augmented with albumentations (horizontal + vertical flips, random 90°
-  rotation, colour jitter with the config's magnitudes); every image of every epoch gets its own
-  random streams, seeded from ``(seed, epoch, index)``, so the augmentation does not depend on
-  ``num_workers`` or on the batch order;
+* images of any size are read once and kept in memory as uint8;
+* training images are augmented with albumentations (:class:`histo_wsss.training.Augmentation`:
+  with ``crop_size``, a random square crop, reflect-padded where an image is smaller; then
+  horizontal + vertical flips, random 90° rotation -- square images only --, colour jitter with
+  the config's magnitudes); every image of every epoch gets its own random streams, seeded from
+  ``(seed, epoch, index)``, so the augmentation does not depend on ``num_workers`` or on the
+  batch order;
+* every batch holds images of one size (:func:`histo_wsss.batching.size_batches`: shuffled per
+  epoch, seeded from ``(seed, epoch)``; a last batch of one image joins the previous one of its
+  size, a size seen once is left out -- never with ``crop_size``, where every crop has one
+  size); validation and :func:`predict` run on whole images at their own resolution (the
+  network is fully convolutional, global average pooling before ``fc``), batching consecutive
+  images of one size (:func:`histo_wsss.batching.same_size_runs`);
 * images are scaled to [0, 1] and normalised with the ImageNet mean/std (:func:`preprocess`,
   also used by :func:`predict`);
 * SGD (``lr``, ``momentum``, ``weight_decay``) with ``torch.optim.lr_scheduler.OneCycleLR``
@@ -36,10 +44,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
@@ -49,20 +56,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from histo_wsss.batching import same_size_runs, size_batches
 from histo_wsss.device import resolve_device
 from histo_wsss.figures import figure
 from histo_wsss.io import read_rgb, write_csv
 from histo_wsss.losses import ClassificationLoss
 from histo_wsss.training import (
+    Augmentation,
     as_device,
-    augmentation,
     deterministic,
     is_int,
     is_num,
     require,
     save_checkpoint,
-    seed_transforms,
+    training_sizes,
 )
+from histo_wsss.weights import load_state as load_weights
+from histo_wsss.weights import parse as parse_weights
 
 __all__ = [
     "ARCHS",
@@ -102,12 +112,15 @@ METRICS_COLUMNS = (
     "seconds",
 )
 CHECKPOINT_KEYS = ("arch", "state_dict", "epoch", "metrics", "config")
+WEIGHTS = "null, 'none', 'imagenet' or the path of a state-dict file"
+CROP = "null (whole images) or an integer >= 32"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DEFAULTS: dict = {
     "arch": "resnet18",
     "weights": None,
+    "crop_size": None,
     "epochs": 25,
     "batch_size": 32,
     "lr": 0.01,
@@ -142,7 +155,8 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     """Merge ``cfg`` over :data:`DEFAULTS` (nested dicts key by key) and validate the values.
 
     Raises ``ValueError`` naming an unknown key (``unfreeze.layer5`` for nested ones) or an
-    invalid value. Returns a new dict; ``weights`` becomes a ``str`` (or ``None``).
+    invalid value. Returns a new dict; ``weights`` becomes ``None`` (``null``/``none``: random
+    init), ``"imagenet"`` or a path string (:func:`histo_wsss.weights.parse`).
     """
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(DEFAULTS))
@@ -167,10 +181,10 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
 
     require("classifier", out["arch"] in ARCHS, "arch", out["arch"], f"one of {ARCHS}")
     w = out["weights"]
-    require(
-        "classifier", w is None or isinstance(w, (str, os.PathLike)), "weights", w, "null or a path"
-    )
-    out["weights"] = None if w is None else str(w)
+    require("classifier", w is None or isinstance(w, str | os.PathLike), "weights", w, WEIGHTS)
+    out["weights"] = parse_weights(w)
+    c = out["crop_size"]
+    require("classifier", c is None or (is_int(c) and c >= 32), "crop_size", c, CROP)
     for key in ("epochs", "batch_size"):
         require("classifier", is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1")
     require("classifier", is_num(out["lr"]) and out["lr"] > 0, "lr", out["lr"], "a number > 0")
@@ -252,29 +266,21 @@ def _first(keys: Iterable[str], n: int = 5) -> str:
 def build_model(arch: str, weights: str | os.PathLike | None = None) -> nn.Module:
     """A torchvision ResNet (``arch`` in :data:`ARCHS`) whose ``fc`` gives one logit.
 
-    ``weights=None``: random initialisation (logged as a WARNING). Otherwise ``weights`` is a
-    local torchvision state-dict file (e.g. the ImageNet one, with a 1000-class ``fc``): every
-    backbone tensor is loaded strictly (``*.num_batches_tracked`` may be absent, as in old
-    torchvision files); the file's ``fc`` is dropped (and logged) when its shapes differ from the
-    one-logit head. Nothing is ever downloaded. A missing or unreadable file, or one whose
-    keys/shapes do not match ``arch``, raises ``ValueError`` naming the file and the first
-    mismatched keys.
+    ``weights`` (see :mod:`histo_wsss.weights`): ``None``/``"none"``: random initialisation
+    (logged as a WARNING); ``"imagenet"``: torchvision's ImageNet weights from torch's hub cache
+    (downloaded there when absent); otherwise a local torchvision state-dict file. Every backbone
+    tensor is loaded strictly (``*.num_batches_tracked`` may be absent, as in old torchvision
+    files); the file's ``fc`` is dropped (and logged) when its shapes differ from the one-logit
+    head. A missing or unreadable file, or one whose keys/shapes do not match ``arch``, raises
+    ``ValueError`` naming the file and the first mismatched keys; a failed download raises
+    ``RuntimeError`` saying how to pass a local file instead.
     """
     model = _resnet(arch)
+    weights = parse_weights(weights)
     if weights is None:
-        _log.warning("%s: no weights file given, the classifier starts from random weights", arch)
+        _log.warning("%s: no weights given, the classifier starts from random weights", arch)
         return model
-    path = Path(weights)
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means "not a readable state dict"
-        raise ValueError(f"{path}: cannot read as a torch state-dict file ({err})") from err
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
+    state, path = load_weights(arch, weights)
 
     own = model.state_dict()
     is_fc = lambda k: k.startswith("fc.")  # noqa: E731
@@ -384,20 +390,10 @@ def preprocess(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def _stack(images: Sequence[np.ndarray], paths: Sequence) -> np.ndarray:
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        first = images[0].shape
-        odd = [f"{p} {im.shape}" for p, im in zip(paths, images, strict=True) if im.shape != first]
-        raise ValueError(
-            f"images must all have the same size; {paths[0]} is {first} but "
-            f"{len(odd)} differ, e.g. {', '.join(odd[:3])}"
-        )
-    return np.stack(images)
-
-
-def _load_images(paths: Sequence) -> np.ndarray:
-    return _stack([read_rgb(p) for p in paths], paths)
+def _image_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """uint8 batches of consecutive images of one size, at most ``batch_size`` each."""
+    for run in same_size_runs(images, batch_size, np.shape):
+        yield np.stack(run)
 
 
 def _split_items(items: Iterable, split: str) -> tuple[list[str], np.ndarray]:
@@ -419,29 +415,25 @@ def _split_items(items: Iterable, split: str) -> tuple[list[str], np.ndarray]:
 
 
 class _ImageDataset(Dataset):
-    """In-memory uint8 images -> (normalised tensor, (1,) float label); optional augmentation.
+    """In-memory uint8 images -> (normalised tensor, (1,) float label), augmented.
 
-    Each transform gets its own seed derived from ``(seed, epoch, index)``: albumentations'
-    ``Compose.set_random_seed`` gives every transform the SAME seed, which would make the
-    horizontal and vertical flips always coincide.
+    The augmentation of item ``index`` in ``epoch`` is seeded from ``(seed, epoch, index)``
+    (one seed per transform, :func:`histo_wsss.training.seed_transforms`).
     """
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, transform: A.Compose | None, seed: int
+        self, images: Sequence[np.ndarray], labels: np.ndarray, augment: Augmentation, seed: int
     ) -> None:
-        self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
+        self.images, self.labels, self.augment, self.seed = images, labels, augment, seed
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
-        if self.transform is not None:
-            seed_transforms(self.transform, self.seed, self.epoch, index)
-            image = self.transform(image=image)["image"]
+        image = self.augment((self.seed, self.epoch, index), image=self.images[index])["image"]
         label = torch.tensor([float(self.labels[index])], dtype=torch.float32)
-        return preprocess(image), label
+        return preprocess(np.ascontiguousarray(image)), label
 
 
 def _logits(model: nn.Module, batches: Iterable[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -532,8 +524,8 @@ def train(
 ) -> dict:
     """Train the classifier; write the best checkpoint and the per-epoch metrics CSV.
 
-    ``train_items`` / ``val_items``: ``(image_path, label01)`` pairs (RGB images, all the same
-    size). ``cfg``: the ``classifier`` config (see :data:`DEFAULTS`, :func:`resolve_config`).
+    ``train_items`` / ``val_items``: ``(image_path, label01)`` pairs (RGB images of any size).
+    ``cfg``: the ``classifier`` config (see :data:`DEFAULTS`, :func:`resolve_config`).
 
     ``checkpoint_path`` is (re)written, atomically, whenever an epoch beats the best so far by
     ``selection_metric``: ``torch.save`` of ``{"arch", "state_dict" (CPU tensors), "epoch",
@@ -562,12 +554,8 @@ def train(
     device = resolve_device(cfg["device"])
 
     log.info("loading %d train and %d val images", len(train_paths), len(val_paths))
-    train_images = _load_images(train_paths)
-    val_images = _load_images(val_paths)
-    if train_images.shape[1:] != val_images.shape[1:]:
-        raise ValueError(
-            f"train images are {train_images.shape[1:]} but val images {val_images.shape[1:]}"
-        )
+    train_images = [read_rgb(p) for p in train_paths]
+    val_images = [read_rgb(p) for p in val_paths]
 
     with deterministic(device, cfg["seed"]):
         return _train(
@@ -576,32 +564,42 @@ def train(
         )  # fmt: skip
 
 
+def _batch_plan(images: Sequence[np.ndarray], cfg: Mapping) -> list[list[list[int]]]:
+    """Every epoch's training batches: same-size images, shuffled with ``(seed, epoch)``."""
+    sizes = training_sizes([im.shape[:2] for im in images], cfg["crop_size"])
+    indices, seed = range(len(images)), cfg["seed"]
+    plan = [
+        size_batches(indices, sizes, cfg["batch_size"], np.random.default_rng([seed, epoch]))
+        for epoch in range(cfg["epochs"])
+    ]
+    if not plan[0]:
+        raise ValueError(
+            "no trainable batch: a batch needs at least 2 train images of one size "
+            f"({len(set(sizes))} sizes among {len(images)} images); set crop_size"
+        )
+    return plan
+
+
 def _train(
     cfg: dict,
     device: torch.device,
-    train_images: np.ndarray,
+    train_images: list[np.ndarray],
     train_labels: np.ndarray,
-    val_images: np.ndarray,
+    val_images: list[np.ndarray],
     val_labels: np.ndarray,
     checkpoint_path: Path,
     metrics_path: Path,
     log: logging.Logger,
 ) -> dict:
     model = build_model(cfg["arch"], cfg["weights"]).to(device)
-    dataset = _ImageDataset(train_images, train_labels, augmentation(cfg["augment"]), cfg["seed"])
-    batch_size = cfg["batch_size"]
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(cfg["seed"]),
-        num_workers=cfg["num_workers"],
-        # a last batch of ONE image is dropped: BatchNorm cannot train on it at small sizes
-        drop_last=len(dataset) % batch_size == 1,
-        pin_memory=device.type == "cuda",
-    )
-    steps = len(loader)
-    epochs = cfg["epochs"]
+    augment = Augmentation(cfg["augment"], cfg["crop_size"])
+    dataset = _ImageDataset(train_images, train_labels, augment, cfg["seed"])
+    batch_size, epochs = cfg["batch_size"], cfg["epochs"]
+    plan = _batch_plan(train_images, cfg)
+    steps = len(plan[0])
+    left_out = len(train_images) - sum(map(len, plan[0]))
+    if left_out:
+        log.info("%d train image(s) of a size seen once left out (set crop_size)", left_out)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
     )
@@ -616,11 +614,11 @@ def _train(
         tversky_weight=cfg["tversky_weight"],
     )
     val_targets = torch.from_numpy(val_labels.astype(np.float32))[:, None]
-    val_batches = [val_images[i : i + batch_size] for i in range(0, len(val_images), batch_size)]
+    val_batches = list(_image_batches(val_images, batch_size))
     metric, column = cfg["selection_metric"], SELECTION_METRICS[cfg["selection_metric"]]
     log.info(
         "training %s on %s: %d train / %d val images, %d epochs x %d steps, selecting on %s",
-        cfg["arch"], device, len(train_images), len(val_images), epochs, steps, column,
+        cfg["arch"], device, len(train_images) - left_out, len(val_images), epochs, steps, column,
     )  # fmt: skip
 
     rows: list[dict] = []
@@ -629,6 +627,12 @@ def _train(
         start = time.perf_counter()
         blocks = set_trainable(model, epoch, cfg["unfreeze"])
         dataset.epoch = epoch
+        loader = DataLoader(
+            dataset,
+            batch_sampler=plan[epoch],
+            num_workers=cfg["num_workers"],
+            pin_memory=device.type == "cuda",
+        )
         total, count, lrs = 0.0, 0, []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
         for x, y in bar:
@@ -730,16 +734,16 @@ def predict(
 ) -> np.ndarray:
     """Positive-class probabilities (float32, shape ``(len(paths),)``) of the images at ``paths``.
 
-    Reads the images batch by batch (images of one batch must share a size), normalises them as
-    in training, runs ``model`` on ``device`` in eval mode without gradients (its mode is
-    restored afterwards).
+    Reads the images one by one, each at its own size, and batches consecutive images of one
+    size (up to ``batch_size``); normalises them as in training, runs ``model`` on ``device`` in
+    eval mode without gradients (its mode is restored afterwards).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = as_device(device)
     paths = [str(p) for p in paths]
     model.to(device)
-    batches = (_load_images(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size))
+    batches = _image_batches(map(read_rgb, paths), batch_size)
     return torch.sigmoid(_logits(model, batches, device))[:, 0].numpy().astype(np.float32)
 
 

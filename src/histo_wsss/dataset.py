@@ -3,7 +3,8 @@
 The labels CSV has the columns ``Image Name`` (file name inside the image folder),
 ``Majority Vote Label`` (a class name), optionally
 ``Number of Annotators who Selected SSA (Out of 7)``, and optionally ``Partition``
-(``train``/``test``). Masks, when a mask folder is given, share the image's file stem.
+(``train``/``test``). Masks, when a mask folder is given, share the image's file stem and size.
+Images may have any size, and differ in size.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Saving a segmentation model's predictions.
 
 Per image: ``probs/<name>.npy`` (float16 probability map of the positive class, at the image's
-size), ``masks/<name>.png`` (255 where the probability is at least the threshold, else 0), and one
-row of ``predictions.csv`` with the head's image-level probability and the predicted area.
+own size: the whole image is predicted at once, padded to the encoder stride and cropped back
+-- no tiling, no resizing), ``masks/<name>.png`` (255 where the probability is at least the
+threshold, else 0), and one row of ``predictions.csv`` with the head's image-level probability
+and the predicted area.
 """
 
 from __future__ import annotations

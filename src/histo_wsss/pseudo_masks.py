@@ -1,8 +1,8 @@
 """Pseudo-masks for a shard of images, and how good they are against real masks.
 
-Pseudo-mask files are PNGs with 255 = positive class, 0 = background; negative-class images get
-all-zero masks. With ``save_steps`` the masks after each earlier refinement step are kept too
-(``steps/<step>/<name>.png``), for figures.
+Pseudo-mask files are PNGs with 255 = positive class, 0 = background, at the image's own size
+(the CAMs have it); negative-class images get all-zero masks. With ``save_steps`` the masks
+after each earlier refinement step are kept too (``steps/<step>/<name>.png``), for figures.
 """
 
 from __future__ import annotations

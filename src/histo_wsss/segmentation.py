@@ -9,8 +9,10 @@ Model (:func:`build_model`)
     (the positive-class logit map) and smp's classification head on the deepest encoder features
     (``aux_params``: global average pooling, dropout :data:`HEAD_DROPOUT` = smp's default 0.2 --
     the paper names none --, a linear layer giving one image-level logit; sigmoids are applied
-    in the loss and at prediction). The encoder starts from random weights (a WARNING is logged)
-    or from a local torchvision ResNet state-dict file; nothing is ever downloaded.
+    in the loss and at prediction). The encoder starts from random weights (a WARNING is logged),
+    from torchvision's ImageNet weights (``imagenet``, from torch's hub cache, downloaded there
+    when absent) or from a local torchvision ResNet state-dict file (:mod:`histo_wsss.weights`);
+    smp's own weight downloads are never used.
 
 Input sizes (:func:`forward_padded`)
     smp's DeepLabV3Plus refuses inputs whose sides are not multiples of the encoder's output
@@ -20,7 +22,11 @@ Input sizes (:func:`forward_padded`)
     (``replicate`` for sides too short to reflect) split as evenly as possible between both sides
     up to the next multiple, and crops the mask logits back. The head then pools over the padded
     feature map (the reflected border adds a little weight to the image edge). Training,
-    validation and :func:`predict` all go through it, so any image size works.
+    validation and :func:`predict` all go through it, so any image size works: every image is
+    predicted whole at its own resolution (pad-and-crop, no tiling, no resizing), and its
+    probability map and mask have its size. Training may use random square crops instead of
+    whole images (``crop_size``; an image smaller than the crop is reflect-padded, its mask
+    alike).
 
 Loss (:class:`SegmentationLoss`)
     ``dice_weight * Dice + lovasz_weight * Lovasz`` on the mask plus ``bce_head_weight * BCE`` of
@@ -50,21 +56,23 @@ Curriculum (:func:`negative_probability`, :func:`epoch_items`)
 
 Training (:func:`train`)
     * images and masks are read once and kept in memory (uint8 / bool);
-    * batches hold images of ONE size only (:func:`size_batches`): the epoch's images are
-      shuffled, grouped by size and cut into ``batch_size`` chunks; a trailing chunk of one image
-      joins the previous chunk of its size (BatchNorm cannot train on one image: the ASPP
-      pooling branch sees one value per channel), a size seen only once in the epoch is skipped
-      (logged); the batch order is shuffled. ``n_train_images`` counts the images actually used;
-    * augmentation applied jointly to image and mask with albumentations (horizontal + vertical
-      flips, ``RandomRotate90`` -- square images only, it would change the shape of others --;
-      ``ColorJitter`` touches the image only), every image of every
+    * batches hold images of ONE size only (:func:`histo_wsss.batching.size_batches`): the
+      epoch's images are shuffled, grouped by size and cut into ``batch_size`` chunks; a
+      trailing chunk of one image joins the previous chunk of its size (BatchNorm cannot train
+      on one image: the ASPP pooling branch sees one value per channel), a size seen only once
+      in the epoch is skipped (logged; never with ``crop_size``, where every crop has one
+      size); the batch order is shuffled. ``n_train_images`` counts the images actually used;
+    * augmentation applied jointly to image and mask with albumentations
+      (:class:`histo_wsss.training.Augmentation`: the random crop with ``crop_size``, horizontal
+      + vertical flips, ``RandomRotate90`` -- square images or crops only, it would change the
+      shape of others --; ``ColorJitter`` touches the image only), every image of every
       epoch with its own seeds derived from ``(seed, epoch, index)``, independent of the batch
       order and ``num_workers``; normalisation as the classifier
       (:func:`histo_wsss.classifier.preprocess`, ImageNet mean/std);
     * SGD (``lr``, ``momentum``, ``weight_decay``) at a constant learning rate (the paper names
       no schedule), ``clip_grad_norm_(grad_clip)`` on every step;
-    * validation after every epoch on ALL validation images (positives and negatives), in eval
-      mode, predicting ``sigmoid(logit) >= threshold``:
+    * validation after every epoch on ALL validation images (positives and negatives), whole,
+      in eval mode, predicting ``sigmoid(logit) >= threshold``:
 
       - ``val_iou``: pooled ("micro") IoU -- ``tp / (tp + fp + fn)`` of the pixel counts summed
         over every validation image (:func:`histo_wsss.metrics.scores_from_counts`), so false
@@ -96,7 +104,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import segmentation_models_pytorch as smp
@@ -106,22 +113,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from histo_wsss.batching import same_size_runs, size_batches
 from histo_wsss.classifier import ARCHS as TORCHVISION_RESNETS
+from histo_wsss.classifier import CROP, WEIGHTS, preprocess
 from histo_wsss.classifier import build_model as _torchvision_resnet
-from histo_wsss.classifier import preprocess
 from histo_wsss.device import resolve_device
 from histo_wsss.io import read_mask, read_rgb, write_csv
 from histo_wsss.metrics import confusion, scores_from_counts
 from histo_wsss.training import (
+    Augmentation,
     as_device,
-    augmentation,
     deterministic,
     is_int,
     is_num,
     require,
     save_checkpoint,
-    seed_transforms,
+    training_sizes,
 )
+from histo_wsss.weights import parse as parse_weights
 
 __all__ = [
     "ARCHS",
@@ -139,7 +148,6 @@ __all__ = [
     "predict",
     "resolve_config",
     "should_stop",
-    "size_batches",
     "train",
 ]
 
@@ -164,6 +172,7 @@ DEFAULTS: dict = {
     "arch": "DeepLabV3Plus",
     "encoder": "resnet101",
     "encoder_weights": None,
+    "crop_size": None,
     "epochs": 50,
     "batch_size": 16,
     "lr": 0.001,
@@ -203,7 +212,8 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     """Merge ``cfg`` over :data:`DEFAULTS` (``augment`` key by key) and validate the values.
 
     Raises ``ValueError`` naming an unknown key (``augment.foo`` for nested ones) or an invalid
-    value. Returns a new dict; ``encoder_weights`` becomes a ``str`` (or ``None``).
+    value. Returns a new dict; ``encoder_weights`` becomes ``None`` (``null``/``none``: random
+    init), ``"imagenet"`` or a path string (:func:`histo_wsss.weights.parse`).
     """
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(DEFAULTS), key=str)
@@ -236,14 +246,11 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
         "an smp encoder name",
     )
     w = out["encoder_weights"]
-    require(
-        "segmentation",
-        w is None or isinstance(w, (str, os.PathLike)),
-        "encoder_weights",
-        w,
-        "null or a path",
-    )
-    out["encoder_weights"] = None if w is None else str(w)
+    ok = w is None or isinstance(w, str | os.PathLike)
+    require("segmentation", ok, "encoder_weights", w, WEIGHTS)
+    out["encoder_weights"] = parse_weights(w)
+    c = out["crop_size"]
+    require("segmentation", c is None or (is_int(c) and c >= 32), "crop_size", c, CROP)
     for key in ("epochs", "batch_size", "patience"):
         require(
             "segmentation", is_int(out[key]) and out[key] >= 1, key, out[key], "an integer >= 1"
@@ -305,41 +312,42 @@ def _make_model(arch: str, encoder: str) -> nn.Module:
     )
 
 
-def _load_encoder_weights(model: nn.Module, encoder: str, weights: str | os.PathLike) -> None:
-    """Load a torchvision ResNet state-dict file into ``model.encoder`` (its ``fc`` dropped).
+def _load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> None:
+    """Load torchvision ResNet weights (``imagenet`` or a state-dict file) into
+    ``model.encoder`` (their ``fc`` dropped).
 
-    The file is checked (keys and shapes) by :func:`histo_wsss.classifier.build_model`, which
-    raises ``ValueError`` naming the file and the mismatched keys.
+    They are read and checked (keys and shapes) by :func:`histo_wsss.classifier.build_model`,
+    which raises ``ValueError`` naming the file and the mismatched keys.
     """
-    path = Path(weights)
     if encoder not in TORCHVISION_RESNETS:
         raise ValueError(
-            f"{path}: encoder_weights files are supported for the torchvision ResNet encoders "
+            f"{weights}: encoder_weights are supported for the torchvision ResNet encoders "
             f"{TORCHVISION_RESNETS} only, not for encoder {encoder!r}"
         )
-    resnet = _torchvision_resnet(encoder, path)
+    resnet = _torchvision_resnet(encoder, weights)
     state = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
     try:
         model.encoder.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: does not fit smp's {encoder} encoder: {err}") from err
-    _log.info("%s: loaded into the %s encoder (fc dropped)", path, encoder)
+        raise ValueError(f"{weights}: does not fit smp's {encoder} encoder: {err}") from err
+    _log.info("%s: loaded into the %s encoder (fc dropped)", weights, encoder)
 
 
 def build_model(cfg: Mapping | None = None) -> nn.Module:
     """The segmentation network of the (resolved) config ``cfg`` (``arch``, ``encoder``,
     ``encoder_weights``), in training mode.
 
-    ``encoder_weights=None``: random initialisation (a WARNING is logged). Otherwise the path of
-    a local torchvision ResNet state dict (e.g. the ImageNet one; ``encoder`` must be one of
-    ``resnet18/34/50/101``): its ``fc`` keys are dropped, every other tensor must match the
-    encoder (``ValueError`` naming the file and the keys otherwise). Never downloads.
+    ``encoder_weights=None``: random initialisation (a WARNING is logged). Otherwise
+    ``imagenet`` (torchvision's ImageNet weights, :mod:`histo_wsss.weights`) or the path of a
+    local torchvision ResNet state dict (``encoder`` must be one of ``resnet18/34/50/101``):
+    their ``fc`` keys are dropped, every other tensor must match the encoder (``ValueError``
+    naming the file and the keys otherwise).
     """
     cfg = resolve_config(cfg)
     model = _make_model(cfg["arch"], cfg["encoder"])
     if cfg["encoder_weights"] is None:
         _log.warning(
-            "%s/%s: no encoder_weights file given, the encoder starts from random weights",
+            "%s/%s: no encoder_weights given, the encoder starts from random weights",
             cfg["arch"],
             cfg["encoder"],
         )
@@ -462,41 +470,6 @@ def epoch_items(items: Sequence, epoch: int, cfg: Mapping, rng: np.random.Genera
     return [item for i, item in enumerate(items) if int(item[-1]) == 1 or i in keep]
 
 
-def size_batches(
-    indices: Sequence[int],
-    sizes: Sequence[tuple[int, int]],
-    batch_size: int,
-    rng: np.random.Generator | None = None,
-) -> list[list[int]]:
-    """Cut ``indices`` into batches of same-size images (``sizes[i]`` = size of image ``i``).
-
-    With ``rng`` (training): the indices are shuffled, grouped by size (sizes in order of first
-    appearance), cut into chunks of ``batch_size``; a final chunk of ONE image joins the
-    previous chunk of its size (that batch has ``batch_size + 1`` images) and a size with a
-    single image is left out; the batch order is shuffled. Without ``rng`` (evaluation): the
-    indices keep their order within each size, chunks of one are kept, no shuffling.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = list(indices)
-    if rng is not None:
-        order = [order[i] for i in rng.permutation(len(order))]
-    groups: dict[tuple, list[int]] = {}
-    for i in order:
-        groups.setdefault(tuple(sizes[i]), []).append(i)
-    batches: list[list[int]] = []
-    for group in groups.values():
-        chunks = [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
-        if rng is not None and len(chunks[-1]) == 1:
-            last = chunks.pop()
-            if chunks:
-                chunks[-1] += last
-        batches += chunks
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
 def is_improvement(value: float, best: float | None) -> bool:
     """Whether a validation IoU ``value`` beats ``best`` (``None``: no epoch yet): strictly
     higher; NaN never improves; ties keep the earlier epoch."""
@@ -570,38 +543,27 @@ class _Data:
 class _SegDataset(Dataset):
     """In-memory items -> (normalised image (3, H, W), mask (1, H, W) 0/1, label (1,)).
 
-    ``transforms``: ``(square, rectangular)`` albumentations pipelines (or ``None``): a 90°
-    rotation would change the shape of a non-square image (and break its batch), so those get
-    the pipeline without ``RandomRotate90`` (the two flips still give all four symmetries of a
-    rectangle). The transforms of item ``index`` in ``epoch`` get their own seeds from
-    ``(seed, _AUGMENT, epoch, index)``, one per transform (as in the classifier:
-    albumentations' ``Compose.set_random_seed`` alone would give the flips the same seed).
+    Image and mask are augmented together by ``augment``, seeded for item ``index`` in
+    ``epoch`` from ``(seed, _AUGMENT, epoch, index)`` (one seed per transform, as in the
+    classifier).
     """
 
-    def __init__(
-        self, data: _Data, transforms: tuple[A.Compose | None, A.Compose | None], seed: int
-    ) -> None:
-        self.data, self.transforms, self.seed = data, transforms, seed
+    def __init__(self, data: _Data, augment: Augmentation, seed: int) -> None:
+        self.data, self.augment, self.seed = data, augment, seed
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = self.data.images[index]
-        mask = self.data.masks[index].astype(np.uint8)
-        transform = self.transforms[0 if image.shape[0] == image.shape[1] else 1]
-        if transform is not None:
-            seed_transforms(transform, self.seed, _AUGMENT, self.epoch, index)
-            out = transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        out = self.augment(
+            (self.seed, _AUGMENT, self.epoch, index),
+            image=self.data.images[index],
+            mask=self.data.masks[index].astype(np.uint8),
+        )
+        mask_t = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32))[None]
         label = torch.tensor([float(self.data.labels[index])], dtype=torch.float32)
-        return preprocess(np.ascontiguousarray(image)), mask_t, label
-
-
-def _transforms(aug: Mapping) -> tuple[A.Compose | None, A.Compose | None]:
-    return augmentation(aug), augmentation({**aug, "rotate90": False})
+        return preprocess(np.ascontiguousarray(out["image"])), mask_t, label
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,7 +622,8 @@ def _train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
     )
-    dataset = _SegDataset(train_data, _transforms(cfg["augment"]), cfg["seed"])
+    dataset = _SegDataset(train_data, Augmentation(cfg["augment"], cfg["crop_size"]), cfg["seed"])
+    train_sizes = training_sizes(train_data.sizes, cfg["crop_size"])
     labelled = [(i, int(label)) for i, label in enumerate(train_data.labels)]
     val_batches = size_batches(range(len(val_data)), val_data.sizes, cfg["batch_size"])
     epochs, seed = cfg["epochs"], cfg["seed"]
@@ -678,7 +641,7 @@ def _train(
         rng = np.random.default_rng([seed, _CURRICULUM, epoch])
         chosen = [i for i, _ in epoch_items(labelled, epoch, cfg, rng)]
         rng = np.random.default_rng([seed, _BATCHES, epoch])
-        batches = size_batches(chosen, train_data.sizes, cfg["batch_size"], rng)
+        batches = size_batches(chosen, train_sizes, cfg["batch_size"], rng)
         n_used = sum(map(len, batches))
         if n_used < len(chosen):
             left_out = len(chosen) - n_used
@@ -845,22 +808,14 @@ def predict(
     starts a new batch), normalised as in training, run in eval mode without gradients (the
     model's mode is restored when the iterator finishes or is closed).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = as_device(device)
     model.to(device)
     was_training = model.training
     model.eval()
+    images = ((path, read_rgb(path)) for path in image_paths)
     try:
-        pending: list[tuple] = []
-        for path in image_paths:
-            image = read_rgb(path)
-            if pending and (len(pending) == batch_size or image.shape != pending[0][1].shape):
-                yield from _predict_batch(model, pending, device)
-                pending = []
-            pending.append((path, image))
-        if pending:
-            yield from _predict_batch(model, pending, device)
+        for run in same_size_runs(images, batch_size, lambda item: item[1].shape):
+            yield from _predict_batch(model, run, device)
     finally:
         model.train(was_training)
 

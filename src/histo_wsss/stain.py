@@ -1,7 +1,8 @@
 """Macenko stain normalization (torchstain, numpy backend) and tissue masking.
 
 Background-only or otherwise failing images are never fatal: they keep their colours and are
-flagged in the QC table with the reason.
+flagged in the QC table with the reason. Images of any size are normalised at their own size
+(the stain fit and the tissue mask are per pixel, nothing is resized).
 """
 
 from __future__ import annotations

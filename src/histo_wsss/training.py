@@ -6,10 +6,11 @@ import io
 import math
 import os
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 
@@ -37,12 +38,17 @@ def as_device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(device)
 
 
-def augmentation(aug: Mapping) -> A.Compose | None:
-    """Albumentations pipeline of an ``augment`` config section (``None`` when empty)."""
+def _compose(aug: Mapping, crop_size: int | None, rotate90: bool) -> A.Compose | None:
     ops: list = []
+    if crop_size is not None:
+        ops.append(
+            A.RandomCrop(
+                crop_size, crop_size, pad_if_needed=True, border_mode=cv2.BORDER_REFLECT_101
+            )
+        )
     if aug["flip"]:
         ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-    if aug["rotate90"]:
+    if aug["rotate90"] and rotate90:
         ops.append(A.RandomRotate90(p=1.0))  # uniform over 0/90/180/270 degrees
     if any(aug[k] > 0 for k in ("brightness", "contrast", "saturation", "hue")):
         ops.append(
@@ -55,6 +61,39 @@ def augmentation(aug: Mapping) -> A.Compose | None:
             )
         )
     return A.Compose(ops) if ops else None
+
+
+class Augmentation:
+    """The albumentations pipeline of an ``augment`` config section, seeded per call.
+
+    With ``crop_size``, a random ``crop_size`` x ``crop_size`` crop comes first (an image
+    smaller than that is reflect-padded to it first, its mask alike), so training batches share
+    one size whatever the image sizes. Then horizontal + vertical flips, a random 90° rotation
+    and colour jitter (image only), as configured. A 90° rotation would change the shape of a
+    non-square image (and break its batch): such images (only without ``crop_size``) get the
+    pipeline without it; the two flips still give all four symmetries of a rectangle.
+    """
+
+    def __init__(self, aug: Mapping, crop_size: int | None = None) -> None:
+        self.crop_size = crop_size
+        self.square = _compose(aug, crop_size, rotate90=True)
+        self.rectangular = _compose(aug, crop_size, rotate90=False)
+
+    def __call__(self, seeds: Sequence[int], **data: np.ndarray) -> dict:
+        """Transform ``data`` (``image=``, optionally ``mask=``) with ops seeded from ``seeds``
+        (e.g. seed, epoch, index: :func:`seed_transforms`); unchanged when nothing is on."""
+        height, width = data["image"].shape[:2]
+        square = self.crop_size is not None or height == width
+        transform = self.square if square else self.rectangular
+        if transform is None:
+            return data
+        seed_transforms(transform, *seeds)
+        return transform(**data)
+
+
+def training_sizes(sizes: Sequence[tuple[int, int]], crop_size: int | None) -> list[tuple]:
+    """The sizes the training images have after :class:`Augmentation` (for batching)."""
+    return [(crop_size, crop_size)] * len(sizes) if crop_size else [tuple(s) for s in sizes]
 
 
 def seed_transforms(transform: A.Compose, *entropy: int) -> None:

@@ -12,6 +12,7 @@ if SRC not in sys.path:
 from histo_wsss.dataset import DatasetError, DatasetSpec, load_labels
 from histo_wsss.demo import demo_names
 from histo_wsss.shards import shard_names, shard_of
+from histo_wsss.weights import local_file as local_weights_file
 
 RESULTS = config["results"]
 DEMO = config["dataset"]["source"] == "demo"
@@ -138,22 +139,54 @@ def sample_files(stage, kind, ext=".png"):
     return {n: sample_file(stage, n, kind, ext) for n in SAMPLES}
 
 
-def stain_target_input():
-    """The reference image when `stain.target` names one."""
-    target = config["stain"]["target"]
-    return [] if target == "auto" else [target]
+STAIN_AUTO = config["stain"]["target"] == "auto"
+
+
+def stain_target_inputs(wildcards):
+    """The reference image when `stain.target` names one (then adding images to the dataset
+    does not change the target), else the split and the images to choose it from."""
+    if not STAIN_AUTO:
+        return {"reference": config["stain"]["target"]}
+    return {"split": f"{RESULTS}/split/split.csv", "images": dataset_inputs()["images"]}
 
 
 def classifier_weights():
-    """The local pretrained-weights file when `classifier.weights` names one."""
-    weights = config["classifier"]["weights"]
+    """The local weights file when `classifier.weights` names one (not null/none/imagenet)."""
+    weights = local_weights_file(config["classifier"]["weights"])
     return [weights] if weights else []
 
 
 def segmentation_weights():
-    """The local encoder-weights file when `segmentation.encoder_weights` names one."""
-    weights = config["segmentation"]["encoder_weights"]
+    """The local weights file when `segmentation.encoder_weights` names one."""
+    weights = local_weights_file(config["segmentation"]["encoder_weights"])
     return [weights] if weights else []
+
+
+SEGMENTATION_TARGETS = config["segmentation"]["targets"]
+if SEGMENTATION_TARGETS == "ground_truth" and not HAS_MASKS:
+    raise WorkflowError(
+        "segmentation.targets is 'ground_truth' but the dataset has no pixel masks: set "
+        "dataset.masks to the folder of masks, or use segmentation.targets: pseudo"
+    )
+
+
+def segmentation_config():
+    """The `segmentation` section as the library takes it (`targets` is the DAG's choice)."""
+    return {k: v for k, v in config["segmentation"].items() if k != "targets"}
+
+
+def segmentation_target_inputs():
+    """What train_segmentation learns from: the pseudo-mask shards, or the real masks."""
+    if SEGMENTATION_TARGETS == "pseudo":
+        return shard_dirs("pseudo_masks")
+    return truth_inputs()
+
+
+def segmentation_target_masks():
+    """`{name: mask path}` of the masks train_segmentation learns from."""
+    if SEGMENTATION_TARGETS == "pseudo":
+        return sample_files("pseudo_masks", "masks")
+    return SAMPLE_MASKS
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

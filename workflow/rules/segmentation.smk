@@ -1,11 +1,12 @@
-"""Segmentation network on the pseudo-masks: training, prediction, evaluation."""
+"""Segmentation network on the pseudo-masks (or the real masks): training, prediction,
+evaluation."""
 
 
 rule train_segmentation:
     input:
         split=f"{RESULTS}/split/split.csv",
         stain=shard_dirs("stain"),
-        pseudo=shard_dirs("pseudo_masks"),
+        targets=segmentation_target_inputs(),
         weights=segmentation_weights(),
     output:
         model=f"{RESULTS}/segmentation/model.pt",
@@ -21,9 +22,9 @@ rule train_segmentation:
         gpu=1,
         mem_mb=8000,
     params:
-        segmentation=config["segmentation"],
+        segmentation=segmentation_config(),
         images=sample_files("stain", "images"),
-        masks=sample_files("pseudo_masks", "masks"),
+        masks=segmentation_target_masks(),
         positive_class=config["dataset"]["positive_class"],
     script:
         "../scripts/train_segmentation.py"

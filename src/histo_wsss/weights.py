@@ -1,0 +1,128 @@
+"""Where a ResNet starts from: random weights, torchvision's ImageNet weights, or a local file.
+
+The ``classifier.weights`` and ``segmentation.encoder_weights`` config keys take
+
+* ``null`` or ``none``: random initialisation (the model builders log a WARNING);
+* ``imagenet``: torchvision's own ImageNet-1k weights of the architecture
+  (``torchvision.models.ResNetXX_Weights.IMAGENET1K_V1``), read from torch's hub cache
+  (``$TORCH_HOME/hub/checkpoints/``, by default ``~/.cache/torch/hub/checkpoints/``) and
+  downloaded there (hash-checked) when absent. Without internet access the download fails at
+  once (every socket operation times out after :data:`DOWNLOAD_TIMEOUT_S` seconds; torch does
+  not retry) with a message saying how to pass a local file instead;
+* anything else: the path of a local torchvision state-dict file.
+
+The two keywords are case-insensitive; a local file literally named ``imagenet`` or ``none``
+is passed as ``./imagenet``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+
+__all__ = [
+    "DOWNLOAD_TIMEOUT_S",
+    "IMAGENET",
+    "imagenet_cache_path",
+    "load_state",
+    "local_file",
+    "parse",
+    "read_state",
+]
+
+IMAGENET = "imagenet"
+NONE = "none"
+DOWNLOAD_TIMEOUT_S = 20
+
+
+def parse(value: str | os.PathLike | None) -> str | None:
+    """``None`` (random init), :data:`IMAGENET`, or a local path as a string.
+
+    Raises ``ValueError`` for anything else than ``None``, a string or a path.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError(f"weights must be null, 'none', 'imagenet' or a path, got {value!r}")
+    text = str(value)
+    keyword = text.strip().lower()
+    if keyword == NONE:
+        return None
+    return IMAGENET if keyword == IMAGENET else text
+
+
+def local_file(value: str | os.PathLike | None) -> str | None:
+    """The local weights file that ``value`` names, or ``None`` (random init or ``imagenet``)."""
+    weights = parse(value)
+    return None if weights in (None, IMAGENET) else weights
+
+
+def _imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
+    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+
+
+def imagenet_cache_path(arch: str) -> Path:
+    """Where torch's hub cache keeps (or will keep) ``arch``'s ImageNet weights file."""
+    url = _imagenet_weights(arch).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download_imagenet(arch: str) -> None:
+    url, path = _imagenet_weights(arch).url, imagenet_cache_path(arch)
+    hash_prefix = torch.hub.HASH_REGEX.search(path.name).group(1)  # torchvision's names have it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            torch.hub.download_url_to_file(url, str(path), hash_prefix, progress=False)
+    except (OSError, RuntimeError) as err:
+        raise RuntimeError(
+            f"cannot download torchvision's ImageNet weights of {arch} from {url} to {path} "
+            f"({type(err).__name__}: {err}). Without internet access, download that file on a "
+            f"machine that has it, then either copy it to {path} or set classifier.weights / "
+            f"segmentation.encoder_weights to its local path (or null for random weights)."
+        ) from err
+
+
+def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict (names to tensors) read from ``path``; ``ValueError`` naming the file
+    when it is missing, unreadable or not a state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a readable state dict"
+        raise ValueError(f"{path}: cannot read as a torch state-dict file ({err})") from err
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def load_state(arch: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict, source)`` of parsed ``weights`` (:data:`IMAGENET` or a local path) for the
+    torchvision ResNet ``arch``; ``source`` names the file for messages."""
+    if weights != IMAGENET:
+        return read_state(weights), weights
+    path = imagenet_cache_path(arch)
+    if not path.is_file():
+        _download_imagenet(arch)
+    return read_state(path), f"{path} (torchvision's ImageNet weights)"
