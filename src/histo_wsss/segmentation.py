@@ -126,6 +126,7 @@ from histo_wsss.training import (
     deterministic,
     is_int,
     is_num,
+    read_checkpoint,
     require,
     save_checkpoint,
     training_sizes,
@@ -770,18 +771,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     checkpoint (e.g. a classifier checkpoint).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: segmentation checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means "not a readable checkpoint"
-        raise ValueError(f"{path}: cannot read as a torch checkpoint ({err})") from err
-    if not isinstance(ckpt, Mapping) or not set(CHECKPOINT_KEYS) <= set(ckpt):
-        got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise ValueError(
-            f"{path}: not a histo_wsss segmentation checkpoint (expected a dict with keys "
-            f"{list(CHECKPOINT_KEYS)}, got {got})"
-        )
+    ckpt = read_checkpoint(path, "segmentation", CHECKPOINT_KEYS)
     if ckpt["arch"] not in ARCHS:
         raise ValueError(f"{path}: unknown arch {ckpt['arch']!r} in checkpoint")
     try:

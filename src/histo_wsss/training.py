@@ -16,6 +16,7 @@ import torch
 
 from histo_wsss.device import resolve_device
 from histo_wsss.io import atomic_path
+from histo_wsss.weights import load_file
 
 
 def is_int(v: object) -> bool:
@@ -132,6 +133,19 @@ def deterministic(device: torch.device, seed: int) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.benchmark = previous_benchmark
+
+
+def read_checkpoint(path: str | os.PathLike, kind: str, keys: Sequence[str]) -> Mapping:
+    """The checkpoint dict :func:`save_checkpoint` wrote at ``path``; ``ValueError`` naming the
+    file when it is missing, unreadable, or not a ``kind`` checkpoint (lacks one of ``keys``)."""
+    ckpt = load_file(path, f"{kind} checkpoint", "a torch checkpoint")
+    if not isinstance(ckpt, Mapping) or not set(keys) <= set(ckpt):
+        got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise ValueError(
+            f"{path}: not a histo_wsss {kind} checkpoint (expected a dict with keys "
+            f"{list(keys)}, got {got})"
+        )
+    return ckpt
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "IMAGENET",
     "imagenet_cache_path",
     "load_state",
+    "load_file",
     "local_file",
     "parse",
     "read_state",
@@ -100,16 +101,22 @@ def _download_imagenet(arch: str) -> None:
         ) from err
 
 
+def load_file(path: str | os.PathLike, missing: str, reading: str) -> object:
+    """``torch.load`` of ``path`` on the CPU, tensors and plain types only; ``ValueError``
+    naming the file when it is missing ("<path>: <missing> not found") or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {missing} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not readable as such a file"
+        raise ValueError(f"{path}: cannot read as {reading} ({err})") from err
+
+
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict (names to tensors) read from ``path``; ``ValueError`` naming the file
     when it is missing, unreadable or not a state dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means "not a readable state dict"
-        raise ValueError(f"{path}: cannot read as a torch state-dict file ({err})") from err
+    state = load_file(path, "weights file", "a torch state-dict file")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
