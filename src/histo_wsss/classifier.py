@@ -38,7 +38,6 @@ Training (:func:`train`):
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -64,9 +63,11 @@ from histo_wsss.losses import ClassificationLoss
 from histo_wsss.training import (
     Augmentation,
     as_device,
+    check_augment,
     deterministic,
     is_int,
     is_num,
+    merge_config,
     read_checkpoint,
     require,
     save_checkpoint,
@@ -159,26 +160,7 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     invalid value. Returns a new dict; ``weights`` becomes ``None`` (``null``/``none``: random
     init), ``"imagenet"`` or a path string (:func:`histo_wsss.weights.parse`).
     """
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"unknown classifier config key(s): {', '.join(map(str, unknown))} "
-            f"(known: {', '.join(DEFAULTS)})"
-        )
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in cfg.items():
-        if isinstance(DEFAULTS[key], dict):
-            require("classifier", isinstance(value, Mapping), key, value, "a mapping")
-            bad = sorted(set(value) - set(DEFAULTS[key]))
-            if bad:
-                raise ValueError(
-                    f"unknown classifier config key(s): {', '.join(f'{key}.{b}' for b in bad)} "
-                    f"(known: {', '.join(f'{key}.{k}' for k in DEFAULTS[key])})"
-                )
-            out[key].update(value)
-        else:
-            out[key] = value
+    out = merge_config("classifier", cfg, DEFAULTS)
 
     require("classifier", out["arch"] in ARCHS, "arch", out["arch"], f"one of {ARCHS}")
     w = out["weights"]
@@ -205,26 +187,7 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
             start,
             "an epoch >= 0 (0-based) or null (never)",
         )
-    aug = out["augment"]
-    for key in ("flip", "rotate90"):
-        require(
-            "classifier", isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false"
-        )
-    for key in ("brightness", "contrast", "saturation"):
-        require(
-            "classifier",
-            is_num(aug[key]) and 0 <= aug[key] < 1,
-            f"augment.{key}",
-            aug[key],
-            "in [0, 1)",
-        )
-    require(
-        "classifier",
-        is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5,
-        "augment.hue",
-        aug["hue"],
-        "in [0, 0.5]",
-    )
+    check_augment("classifier", out["augment"])
     sm = out["selection_metric"]
     require(
         "classifier",

@@ -95,7 +95,6 @@ Training (:func:`train`)
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -123,9 +122,11 @@ from histo_wsss.metrics import confusion, scores_from_counts
 from histo_wsss.training import (
     Augmentation,
     as_device,
+    check_augment,
     deterministic,
     is_int,
     is_num,
+    merge_config,
     read_checkpoint,
     require,
     save_checkpoint,
@@ -216,27 +217,7 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     value. Returns a new dict; ``encoder_weights`` becomes ``None`` (``null``/``none``: random
     init), ``"imagenet"`` or a path string (:func:`histo_wsss.weights.parse`).
     """
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS), key=str)
-    if unknown:
-        raise ValueError(
-            f"unknown segmentation config key(s): {', '.join(map(str, unknown))} "
-            f"(known: {', '.join(DEFAULTS)})"
-        )
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in cfg.items():
-        if isinstance(DEFAULTS[key], dict):
-            require("segmentation", isinstance(value, Mapping), key, value, "a mapping")
-            bad = sorted(set(value) - set(DEFAULTS[key]), key=str)
-            if bad:
-                raise ValueError(
-                    f"unknown segmentation config key(s): "
-                    f"{', '.join(f'{key}.{b}' for b in bad)} "
-                    f"(known: {', '.join(f'{key}.{k}' for k in DEFAULTS[key])})"
-                )
-            out[key].update(value)
-        else:
-            out[key] = value
+    out = merge_config("segmentation", cfg, DEFAULTS)
 
     require("segmentation", out["arch"] in ARCHS, "arch", out["arch"], f"one of {tuple(ARCHS)}")
     require(
@@ -272,26 +253,7 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     require("segmentation", is_num(p) and 0 <= p <= 1, "negative_max_prob", p, "a number in [0, 1]")
     t = out["threshold"]
     require("segmentation", is_num(t) and 0 < t < 1, "threshold", t, "a number in (0, 1)")
-    aug = out["augment"]
-    for key in ("flip", "rotate90"):
-        require(
-            "segmentation", isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false"
-        )
-    for key in ("brightness", "contrast", "saturation"):
-        require(
-            "segmentation",
-            is_num(aug[key]) and 0 <= aug[key] < 1,
-            f"augment.{key}",
-            aug[key],
-            "in [0, 1)",
-        )
-    require(
-        "segmentation",
-        is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5,
-        "augment.hue",
-        aug["hue"],
-        "in [0, 0.5]",
-    )
+    check_augment("segmentation", out["augment"])
     require("segmentation", isinstance(out["device"], str), "device", out["device"], "a string")
     return out
 

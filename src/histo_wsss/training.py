@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
@@ -33,6 +34,44 @@ def require(section: str, ok: bool, key: str, value: object, what: str) -> None:
     """Raise ``ValueError`` naming the config ``section.key`` unless ``ok``."""
     if not ok:
         raise ValueError(f"{section} config: {key} must be {what}, got {value!r}")
+
+
+def merge_config(section: str, cfg: Mapping | None, defaults: Mapping) -> dict:
+    """``cfg`` merged over a deep copy of ``defaults`` (nested dicts key by key); ``ValueError``
+    naming an unknown key (``augment.foo`` for nested ones) or a nested value that is no mapping."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(defaults), key=str)
+    if unknown:
+        raise ValueError(
+            f"unknown {section} config key(s): {', '.join(map(str, unknown))} "
+            f"(known: {', '.join(defaults)})"
+        )
+    out = copy.deepcopy(dict(defaults))
+    for key, value in cfg.items():
+        if isinstance(defaults[key], dict):
+            require(section, isinstance(value, Mapping), key, value, "a mapping")
+            bad = sorted(set(value) - set(defaults[key]), key=str)
+            if bad:
+                raise ValueError(
+                    f"unknown {section} config key(s): "
+                    f"{', '.join(f'{key}.{b}' for b in bad)} "
+                    f"(known: {', '.join(f'{key}.{k}' for k in defaults[key])})"
+                )
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def check_augment(section: str, aug: Mapping) -> None:
+    """Validate an ``augment`` config section (flips, rotations, colour jitter)."""
+    for key in ("flip", "rotate90"):
+        require(section, isinstance(aug[key], bool), f"augment.{key}", aug[key], "true or false")
+    for key in ("brightness", "contrast", "saturation"):
+        ok = is_num(aug[key]) and 0 <= aug[key] < 1
+        require(section, ok, f"augment.{key}", aug[key], "in [0, 1)")
+    ok = is_num(aug["hue"]) and 0 <= aug["hue"] <= 0.5
+    require(section, ok, "augment.hue", aug["hue"], "in [0, 0.5]")
 
 
 def as_device(device: str | torch.device) -> torch.device:
