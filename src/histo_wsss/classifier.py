@@ -62,6 +62,7 @@ from histo_wsss.io import read_rgb, write_csv
 from histo_wsss.losses import ClassificationLoss
 from histo_wsss.training import (
     Augmentation,
+    LoaderClock,
     as_device,
     check_augment,
     deterministic,
@@ -598,7 +599,8 @@ def _train(
             pin_memory=device.type == "cuda",
         )
         total, count, lrs = 0.0, 0, []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
+        clock = LoaderClock(loader)
+        bar = tqdm(clock, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lrs.append(optimizer.param_groups[0]["lr"])
@@ -645,9 +647,9 @@ def _train(
             )
         log.info(
             "epoch %d/%d: train_loss %.4f val_loss %.4f val_accuracy %.4f val_auc %.4f lr %.2e "
-            "[%s] %.1f s%s",
+            "[%s] %.1f s (%s)%s",
             *(epoch + 1, epochs, row["train_loss"], val_loss, row["val_accuracy"]),
-            *(row["val_auc"], row["lr"], row["trainable"], row["seconds"]),
+            *(row["val_auc"], row["lr"], row["trainable"], row["seconds"], clock.summary()),
             " (best so far, saved)" if improved else "",
         )
     if best is None:

@@ -121,6 +121,7 @@ from histo_wsss.io import read_mask, read_rgb, write_csv
 from histo_wsss.metrics import confusion, scores_from_counts
 from histo_wsss.training import (
     Augmentation,
+    LoaderClock,
     as_device,
     check_augment,
     deterministic,
@@ -623,7 +624,8 @@ def _train(
         )
         model.train()
         total = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
+        clock = LoaderClock(loader)
+        bar = tqdm(clock, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
         for x, m, y in bar:
             x, m, y = (t.to(device, non_blocking=True) for t in (x, m, y))
             optimizer.zero_grad(set_to_none=True)
@@ -668,9 +670,10 @@ def _train(
             )
         log.info(
             "epoch %d/%d: %d images, train_loss %.4f val_loss %.4f val_iou %.4f "
-            "val_iou_positive_mean %.4f val_head_accuracy %.4f, %.1f s%s",
+            "val_iou_positive_mean %.4f val_head_accuracy %.4f, %.1f s (%s)%s",
             *(epoch + 1, epochs, n_used, row["train_loss"], row["val_loss"], row["val_iou"]),
             *(row["val_iou_positive_mean"], row["val_head_accuracy"], row["seconds"]),
+            clock.summary(),
             " (best so far, saved)" if improved else "",
         )
         if should_stop(history, cfg["patience"]):

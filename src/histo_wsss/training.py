@@ -7,7 +7,8 @@ import io
 import math
 import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import albumentations as A
@@ -172,6 +173,39 @@ def deterministic(device: torch.device, seed: int) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.benchmark = previous_benchmark
+
+
+class LoaderClock:
+    """Iterates ``batches`` (a DataLoader of ``(x, ...)`` tuples) timing the waits for them: the
+    training throughput and the share of the loop spent waiting for data."""
+
+    def __init__(self, batches: Iterable[Sequence[torch.Tensor]]) -> None:
+        self.batches = batches
+        self.images, self.wait, self.total = 0, 0.0, 0.0
+
+    def __len__(self) -> int:
+        return len(self.batches)  # for progress bars
+
+    def __iter__(self) -> Iterator[Sequence[torch.Tensor]]:
+        start = time.perf_counter()
+        batches = iter(self.batches)
+        try:
+            while True:
+                asked = time.perf_counter()
+                batch = next(batches, None)
+                self.wait += time.perf_counter() - asked
+                if batch is None:
+                    return
+                self.images += len(batch[0])
+                yield batch
+        finally:
+            self.total += time.perf_counter() - start
+
+    def summary(self) -> str:
+        """E.g. ``"train 41.2 images/s, 3.1 % waiting for data"``."""
+        total = max(self.total, 1e-9)
+        rate, waiting = self.images / total, 100 * self.wait / total
+        return f"train {rate:.1f} images/s, {waiting:.1f} % waiting for data"
 
 
 def read_checkpoint(path: str | os.PathLike, kind: str, keys: Sequence[str]) -> Mapping:
