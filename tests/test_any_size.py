@@ -300,7 +300,7 @@ def test_figures_draw_rows_of_different_sizes(tmp_path):
     steps = {"threshold": files["mask"]}
     names = list(files["image"])
     pseudo_mask_steps(
-        names, files["image"], files["cam"], steps, files["mask"], files["mask"], tmp_path / "s.png"
+        names, files["image"], files["cam"], steps, "threshold", files["mask"], tmp_path / "s.png"
     )
     for name in ("panels.png", "errors.png", "s.png"):
         with Image.open(tmp_path / name) as img:

@@ -82,6 +82,7 @@ def test_mhist_preset_holds_the_papers_values():
     paper_refine = {"quantile": 0.5, "open_px": 3, "close_px": 5, "min_object_px": 64}
     paper_refine |= {"crf_iterations": 5, "crf_gaussian_sxy": 3, "crf_gaussian_compat": 3}
     paper_refine |= {"crf_bilateral_sxy": 80, "crf_bilateral_srgb": 13, "crf_bilateral_compat": 10}
+    paper_refine |= {"final_step": "crf"}
     assert {k: c["pseudo_masks"][k] for k in paper_refine} == paper_refine
     seg = c["segmentation"]
     paper_seg = {"arch": "DeepLabV3Plus", "encoder": "resnet101", "encoder_weights": "imagenet"}

@@ -50,8 +50,20 @@ def test_masks_and_steps_are_written_for_every_image(shard):
         mask = read_mask(root / "out" / "masks" / f"{item.name}.png")
         assert mask.shape == (128, 128)
         assert mask.any() == item.positive
-        for step in STEPS[:-1]:
+        for step in STEPS:
             assert (root / "out" / "steps" / step / f"{item.name}.png").is_file()
+        assert np.array_equal(mask, read_mask(root / "out" / "steps" / "crf" / f"{item.name}.png"))
+
+
+def test_final_step_chooses_which_step_is_the_pseudo_mask(shard, tmp_path):
+    root, items, _ = shard
+    params = RefineParams(final_step="small_objects")
+    table = refine_images(items[:1], params, tmp_path, save_steps=False)
+    mask = read_mask(tmp_path / "masks" / "img0.png")
+    assert np.array_equal(mask, read_mask(root / "out" / "steps" / "small_objects" / "img0.png"))
+    assert not np.array_equal(mask, read_mask(root / "out" / "masks" / "img0.png"))
+    assert not (tmp_path / "steps").exists()
+    assert table["crf_area"].iloc[0] > 0  # the CRF still runs and is scored
 
 
 def test_quality_is_scored_per_step_and_a_blurred_truth_cam_scores_well(shard):
@@ -105,9 +117,9 @@ def test_steps_figure_is_byte_identical_when_redrawn(shard, tmp_path):
         "cams": {i.name: i.cam for i in items},
         "steps": {
             s: {i.name: str(root / "out" / "steps" / s / f"{i.name}.png") for i in items}
-            for s in STEPS[:-1]
+            for s in STEPS
         },
-        "pseudo": {i.name: str(root / "out" / "masks" / f"{i.name}.png") for i in items},
+        "final_step": "crf",
         "truth": {i.name: i.truth for i in items},
     }
     for out in ("a.png", "b.png"):

@@ -53,6 +53,7 @@ def test_params_defaults_are_the_papers():
     )
     assert (p.crf_gaussian_sxy, p.crf_gaussian_compat) == (3, 3)
     assert (p.crf_bilateral_sxy, p.crf_bilateral_srgb, p.crf_bilateral_compat) == (80, 13, 10)
+    assert p.final_step == "crf"
 
 
 def test_params_from_config():
@@ -66,6 +67,8 @@ def test_params_from_config():
         RefineParams(quantile=1.0)
     with pytest.raises(ValueError, match="open_px"):
         RefineParams(open_px=0)
+    with pytest.raises(ValueError, match="final_step must be one of .* got 'dense_crf'"):
+        RefineParams(final_step="dense_crf")
 
 
 # --- quantile threshold ---------------------------------------------------------------------

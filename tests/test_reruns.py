@@ -169,6 +169,17 @@ def test_exactly_the_rules_that_run_a_model_declare_a_gpu(tiny_run, tmp_path):
     assert gpu == runs_model
 
 
+@pytest.mark.parametrize(("cores", "gpus"), [(4, 1), (4, 2)])
+def test_gpu_jobs_share_the_cores_between_the_gpu_slots(tmp_path, cores, gpus):
+    """One GPU slot (or a CPU-only machine): a network job gets every core; N slots: 1/N each."""
+    out = snakemake(tmp_path, "-n", "--cores", str(cores), "--resources", f"gpu={gpus}").stdout
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", out, flags=re.M | re.S)
+    found = {rule: re.search(r"threads: (\d+)", body) for rule, body in blocks}
+    threads = {rule: int(m.group(1)) if m else 1 for rule, m in found.items()}
+    assert {threads[rule] for rule in MODEL_RULES - {"predict_new"}} == {cores // gpus}
+    assert {n for rule, n in threads.items() if rule not in MODEL_RULES} == {1}
+
+
 def _job_spans(logs: Path) -> dict[str, tuple[datetime, datetime]]:
     """``{log name: (start, end)}`` from the "job started" / "job finished" lines of job logs."""
     spans = {}

@@ -10,7 +10,8 @@ import torch
 from torchvision.models import resnet18
 
 from histo_wsss import classifier, segmentation, weights
-from histo_wsss.weights import IMAGENET, imagenet_cache_path, local_file, parse
+from histo_wsss.training import save_checkpoint
+from histo_wsss.weights import IMAGENET, imagenet_cache_path, local_file, parse, read_state
 
 
 def _no_network(*args, **kwargs):
@@ -67,6 +68,25 @@ def test_a_local_file_loads_into_the_classifier_and_the_encoder(tmp_path, torch_
         {"encoder": "resnet18", "encoder_weights": str(tmp_path / "r18.pth")}
     )
     assert torch.equal(seg.encoder.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
+
+
+def test_a_classifier_checkpoint_initialises_the_encoder(tmp_path):
+    """``segmentation.encoder_weights: classifier`` hands the workflow's classifier checkpoint
+    (a dict around the state dict, one-logit fc) to the encoder."""
+    torch.manual_seed(3)
+    trained = classifier.build_model("resnet18")
+    ckpt = {"arch": "resnet18", "state_dict": trained.state_dict(), "epoch": 1}
+    save_checkpoint(tmp_path / "model.pt", ckpt | {"metrics": {}, "config": {}})
+    reloaded = classifier.load_checkpoint(tmp_path / "model.pt")  # the real checkpoint format
+    assert torch.equal(reloaded.layer3[0].conv1.weight, trained.layer3[0].conv1.weight)
+    seg = segmentation.build_model(
+        {"encoder": "resnet18", "encoder_weights": str(tmp_path / "model.pt")}
+    )
+    expected = {k: v for k, v in trained.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(seg.encoder.state_dict()[k], v) for k, v in expected.items())
+    torch.save({"state_dict": {"conv1.weight": "not a tensor"}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: not a state dict"):
+        read_state(tmp_path / "bad.pt")
 
 
 def test_imagenet_loads_from_the_hub_cache_without_network(torch_home, caplog):

@@ -82,6 +82,8 @@ def test_segmentation_predictions_evaluation_figures_and_report(run):
     split = pd.read_csv(results / "split" / "split.csv")
     metrics = pd.read_csv(results / "segmentation" / "metrics.csv")
     assert list(metrics["epoch"]) == [0, 1]
+    log = (results / "logs" / "train_segmentation.log").read_text()
+    assert "classifier/model.pt: loaded into the resnet18 encoder" in log  # the demo's default
     predictions = pd.read_csv(results / "segmentation" / "predictions" / "predictions.csv")
     held_out = split[split["split"].isin(["val", "test"])]
     assert sorted(predictions["name"]) == sorted(held_out["name"])
@@ -168,3 +170,13 @@ def test_bad_dataset_fails_at_dag_build_listing_the_rows(run, tmp_path):
     assert "row 4 ('demo_0002.png'): unknown label 'tumour'" in message
     assert "row 7 ('missing.png'): image file not found" in message
     assert not (tmp_path / "results").exists()
+
+
+def test_an_encoder_unlike_the_classifier_fails_at_dag_build(tmp_path):
+    config = {**TINY, "classifier": {**TINY["classifier"], "arch": "resnet34"}}
+    result = snakemake(tmp_path, "-n", config=config, check=False)
+    assert result.returncode != 0
+    assert (
+        "segmentation.encoder_weights is 'classifier' but the classifier is a resnet34 and the "
+        "segmentation encoder a resnet18" in result.stdout + result.stderr
+    )

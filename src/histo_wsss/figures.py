@@ -57,19 +57,20 @@ def pseudo_mask_steps(
     images: Mapping[str, str],
     cams: Mapping[str, str],
     steps: Mapping[str, Mapping[str, str]],
-    pseudo: Mapping[str, str],
+    final_step: str,
     truth: Mapping[str, str],
     path: str | os.PathLike,
 ) -> None:
-    """One row per image: image, CAM, the mask after each refinement step, ground truth."""
-    columns = ["image", "CAM", *steps, "CRF (pseudo-mask)"] + (["ground truth"] if truth else [])
+    """One row per image: image, CAM, the mask after each refinement step (``final_step``'s,
+    the pseudo-mask, titled so), ground truth."""
+    titles = [f"{s} (pseudo-mask)" if s == final_step else s for s in steps]
+    columns = ["image", "CAM", *titles] + (["ground truth"] if truth else [])
     with figure(path, (1.9 * len(columns), 1.9 * len(names) + 0.4)) as fig:
         axes = fig.subplots(len(names), len(columns), squeeze=False)
         for row, name in zip(axes, names, strict=True):
             rgb = read_rgb(images[name])
             panels = [rgb, np.load(cams[name]).astype(np.float32)]
             panels += [read_mask(files[name]) for files in steps.values()]
-            panels.append(read_mask(pseudo[name]))
             if truth:
                 panels.append(read_mask(truth[name]))
             for ax, panel, title in zip(row, panels, columns, strict=True):

@@ -1,8 +1,9 @@
 """Pseudo-masks for a shard of images, and how good they are against real masks.
 
 Pseudo-mask files are PNGs with 255 = positive class, 0 = background, at the image's own size
-(the CAMs have it); negative-class images get all-zero masks. With ``save_steps`` the masks
-after each earlier refinement step are kept too (``steps/<step>/<name>.png``), for figures.
+(the CAMs have it); negative-class images get all-zero masks. The pseudo-mask (``masks/``) is
+the mask after the ``final_step`` of the refinement; with ``save_steps`` the mask after every
+step is kept too (``steps/<step>/<name>.png``), for figures.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ def refine_images(
         steps = refine(rgb, cam, params, read_mask(item.tissue), item.positive)
         row = {"name": item.name, "positive": int(item.positive)}
         row["seconds"] = round(time.perf_counter() - start, 4)
-        write_png(out_dir / "masks" / f"{item.name}.png", steps["crf"])
+        write_png(out_dir / "masks" / f"{item.name}.png", steps[params.final_step])
         for step in STEPS:
             row[f"{step}_area"] = round(float(steps[step].mean()), 6)
-            if save_steps and step != "crf":
+            if save_steps:
                 write_png(out_dir / "steps" / step / f"{item.name}.png", steps[step])
         if item.truth:
             truth = read_mask(item.truth)

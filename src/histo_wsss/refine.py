@@ -45,8 +45,12 @@ class RefineParams:
     crf_bilateral_srgb: float = 13
     crf_bilateral_compat: float = 10
     crf_fg_confidence: float = 0.75
+    final_step: str = "crf"
+    """The step whose mask is the pseudo-mask (the paper: ``crf``; every step is still run)."""
 
     def __post_init__(self) -> None:
+        if self.final_step not in STEPS:
+            raise ValueError(f"final_step must be one of {STEPS}, got {self.final_step!r}")
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
         for name in ("open_px", "close_px", "crf_iterations"):
@@ -227,8 +231,9 @@ def refine(
 ) -> dict[str, np.ndarray]:
     """Run every step; return ``{"threshold", "morphology", "small_objects", "crf"}`` masks.
 
-    The pseudo-mask is ``result["crf"]``. For ``positive=False`` every mask is empty (the
-    caller decides which images are of the negative class). Masks stay inside ``tissue``.
+    The pseudo-mask is ``result[params.final_step]``. For ``positive=False`` every mask is
+    empty (the caller decides which images are of the negative class). Masks stay inside
+    ``tissue``.
     """
     params = params or RefineParams()
     cam = _check_cam(cam)

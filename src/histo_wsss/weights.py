@@ -9,7 +9,9 @@ The ``classifier.weights`` and ``segmentation.encoder_weights`` config keys take
   downloaded there (hash-checked) when absent. Without internet access the download fails at
   once (every socket operation times out after :data:`DOWNLOAD_TIMEOUT_S` seconds; torch does
   not retry) with a message saying how to pass a local file instead;
-* anything else: the path of a local torchvision state-dict file.
+* anything else: the path of a local torchvision state-dict file, or of a classifier checkpoint
+  written by this workflow (``results/classifier/model.pt``: its ``state_dict`` is used; the
+  workflow's ``segmentation.encoder_weights: classifier`` names that file).
 
 The two keywords are case-insensitive; a local file literally named ``imagenet`` or ``none``
 is passed as ``./imagenet``.
@@ -22,10 +24,15 @@ import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import torch
-import torchvision
+if TYPE_CHECKING:
+    import torch
+    import torchvision
+
+# torch is imported where it is used: the workflow's DAG build parses weight keys (parse,
+# local_file) and should not pay torch's import time on every snakemake call.
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -66,11 +73,15 @@ def local_file(value: str | os.PathLike | None) -> str | None:
 
 
 def _imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
+    import torchvision
+
     return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
 
 
 def imagenet_cache_path(arch: str) -> Path:
     """Where torch's hub cache keeps (or will keep) ``arch``'s ImageNet weights file."""
+    import torch
+
     url = _imagenet_weights(arch).url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
@@ -86,6 +97,8 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 
 def _download_imagenet(arch: str) -> None:
+    import torch
+
     url, path = _imagenet_weights(arch).url, imagenet_cache_path(arch)
     hash_prefix = torch.hub.HASH_REGEX.search(path.name).group(1)  # torchvision's names have it
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +117,8 @@ def _download_imagenet(arch: str) -> None:
 def load_file(path: str | os.PathLike, missing: str, reading: str) -> object:
     """``torch.load`` of ``path`` on the CPU, tensors and plain types only; ``ValueError``
     naming the file when it is missing ("<path>: <missing> not found") or unreadable."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: {missing} not found")
@@ -114,9 +129,14 @@ def load_file(path: str | os.PathLike, missing: str, reading: str) -> object:
 
 
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict (names to tensors) read from ``path``; ``ValueError`` naming the file
-    when it is missing, unreadable or not a state dict."""
+    """A state dict (names to tensors) read from ``path`` (a checkpoint dict's ``state_dict``
+    entry when it has one); ``ValueError`` naming the file when it is missing, unreadable or
+    not a state dict."""
+    import torch
+
     state = load_file(path, "weights file", "a torch state-dict file")
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -14,7 +14,7 @@ rule cams:
         f"{RESULTS}/benchmarks/cams/{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=4000,

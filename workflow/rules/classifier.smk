@@ -15,7 +15,7 @@ rule train_classifier:
         f"{RESULTS}/benchmarks/train_classifier.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
@@ -40,7 +40,7 @@ rule evaluate_classifier:
         f"{RESULTS}/benchmarks/evaluate_classifier.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=4000,

@@ -11,6 +11,7 @@ if SRC not in sys.path:
 
 from histo_wsss.dataset import DatasetError, DatasetSpec, load_labels
 from histo_wsss.demo import demo_names
+from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_names, shard_of
 from histo_wsss.weights import local_file as local_weights_file
 
@@ -61,6 +62,18 @@ def _samples():
 SAMPLE_IMAGES, SAMPLE_MASKS = _samples()
 SAMPLES = sorted(SAMPLE_IMAGES)
 HAS_MASKS = all(SAMPLE_MASKS.values())
+
+
+def _gpu_slots():
+    """The `gpu` resource this run was given (`--resources gpu=N`; 1 when none)."""
+    gpu = workflow.global_resources.get("gpu")
+    return max(1, int(getattr(gpu, "value", gpu) or 1))
+
+
+# Threads of a job that runs a network: the cores shared between the GPU slots, so that N GPU
+# jobs run side by side with --resources gpu=N, and on a CPU-only machine (one slot) the one
+# running network gets every core.
+GPU_JOB_THREADS = max(1, workflow.cores // _gpu_slots())
 
 
 def shard_ids(stage):
@@ -156,8 +169,27 @@ def classifier_weights():
     return [weights] if weights else []
 
 
+CLASSIFIER_MODEL = f"{RESULTS}/classifier/model.pt"
+ENCODER_FROM_CLASSIFIER = (
+    str(config["segmentation"]["encoder_weights"]).strip().lower() == "classifier"
+)
+if (
+    ENCODER_FROM_CLASSIFIER
+    and config["classifier"]["arch"] != config["segmentation"]["encoder"]
+):
+    raise WorkflowError(
+        "segmentation.encoder_weights is 'classifier' but the classifier is a "
+        f"{config['classifier']['arch']} and the segmentation encoder a "
+        f"{config['segmentation']['encoder']}: set segmentation.encoder to "
+        f"{config['classifier']['arch']}"
+    )
+
+
 def segmentation_weights():
-    """The local weights file when `segmentation.encoder_weights` names one."""
+    """The file the encoder starts from: the trained classifier (`encoder_weights:
+    classifier`) or a local weights file; none for random or ImageNet weights."""
+    if ENCODER_FROM_CLASSIFIER:
+        return [CLASSIFIER_MODEL]
     weights = local_weights_file(config["segmentation"]["encoder_weights"])
     return [weights] if weights else []
 
@@ -171,8 +203,12 @@ if SEGMENTATION_TARGETS == "ground_truth" and not HAS_MASKS:
 
 
 def segmentation_config():
-    """The `segmentation` section as the library takes it (`targets` is the DAG's choice)."""
-    return {k: v for k, v in config["segmentation"].items() if k != "targets"}
+    """The `segmentation` section as the library takes it (`targets` is the DAG's choice;
+    `encoder_weights: classifier` becomes the classifier checkpoint's path)."""
+    cfg = {k: v for k, v in config["segmentation"].items() if k != "targets"}
+    if ENCODER_FROM_CLASSIFIER:
+        cfg["encoder_weights"] = CLASSIFIER_MODEL
+    return cfg
 
 
 def segmentation_target_inputs():

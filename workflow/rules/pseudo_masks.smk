@@ -79,11 +79,11 @@ rule pseudo_mask_figure:
     params:
         images=sample_files("stain", "images"),
         cams=sample_files("cam", "cams", ".npy"),
-        pseudo=sample_files("pseudo_masks", "masks"),
         steps={
             step: sample_files("pseudo_masks", f"steps/{step}")
-            for step in ("threshold", "morphology", "small_objects")
+            for step in REFINE_STEPS
         },
+        final_step=config["pseudo_masks"]["final_step"],
         masks=SAMPLE_MASKS if HAS_MASKS else {},
         n_images=6,
     script:

@@ -17,7 +17,7 @@ rule train_segmentation:
         f"{RESULTS}/benchmarks/train_segmentation.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 4
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
@@ -43,7 +43,7 @@ rule predict:
         f"{RESULTS}/benchmarks/predict.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 4
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=4000,
@@ -97,7 +97,7 @@ rule predict_new:
         f"{RESULTS}/benchmarks/predict_new.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 4
+    threads: GPU_JOB_THREADS
     resources:
         gpu=1,
         mem_mb=4000,

@@ -9,6 +9,6 @@ with job_log(snakemake.log[0]):
     p = snakemake.params
     table = pd.read_csv(snakemake.input.quality)
     table = table[table["positive"] == 1]
-    score = "crf_iou" if "crf_iou" in table else "crf_area"
+    score = f"{p.final_step}_iou" if f"{p.final_step}_iou" in table else f"{p.final_step}_area"
     names = pick_examples(dict(zip(table["name"], table[score], strict=True)), p.n_images)
-    pseudo_mask_steps(names, p.images, p.cams, p.steps, p.pseudo, p.masks, snakemake.output[0])
+    pseudo_mask_steps(names, p.images, p.cams, p.steps, p.final_step, p.masks, snakemake.output[0])
