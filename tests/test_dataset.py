@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from histo_wsss.dataset import ANNOTATORS_COLUMN, DatasetError, DatasetSpec, load_labels
+from histo_wsss.dataset import (
+    ANNOTATORS_COLUMN,
+    DatasetError,
+    DatasetSpec,
+    load_labels,
+    manifest,
+)
 
 HEADER = ["Image Name", "Majority Vote Label", ANNOTATORS_COLUMN, "Partition"]
 
@@ -119,3 +125,18 @@ def test_error_lists_first_20_rows_and_the_count(tmp_path):
     msg = _error(_dataset(tmp_path, rows))
     assert "25 problem(s)" in msg and "... and 5 more" in msg
     assert "x19.png" in msg and "x20.png" not in msg
+
+
+def test_manifest_changes_with_any_file_of_the_dataset(tmp_path):
+    for name in ("a", "b"):
+        _image(tmp_path / "img" / f"{name}.png")
+    _image(tmp_path / "msk" / "a.png", mode="L")
+    images = {n: str(tmp_path / "img" / f"{n}.png") for n in ("b", "a")}
+    masks = {"a": str(tmp_path / "msk" / "a.png")}
+    first = manifest(images, masks)
+    assert list(first["name"]) == ["a", "b"]
+    assert first.loc[1, "mask"] == "" and first.loc[1, "mask_bytes"] == ""
+    assert first.loc[0, "image_bytes"] == (tmp_path / "img" / "a.png").stat().st_size
+    assert manifest(images, masks).equals(first)
+    _image(tmp_path / "msk" / "a.png", mode="L", size=(9, 9))  # a mask rewritten in place
+    assert not manifest(images, masks).equals(first)

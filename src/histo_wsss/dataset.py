@@ -50,29 +50,30 @@ class DatasetSpec:
         )
 
 
-def _image_problem(path: Path) -> str | None:
-    """Return why ``path`` is not a readable RGB image, or None if it is one."""
+def _image_problem(path: Path) -> tuple[str | None, tuple[int, int]]:
+    """Why ``path`` is not a readable RGB image (None if it is one), and its size."""
     if not path.is_file():
-        return f"image file not found: {path}"
+        return f"image file not found: {path}", (0, 0)
     try:
         with Image.open(path) as img:
             mode, size = img.mode, img.size
     except (OSError, SyntaxError) as err:
-        return f"unreadable image {path}: {err}"
+        return f"unreadable image {path}: {err}", (0, 0)
     if mode != "RGB":
-        return f"image {path} has mode {mode}, expected RGB"
+        return f"image {path} has mode {mode}, expected RGB", size
     if min(size) < 1:
-        return f"image {path} is empty"
-    return None
+        return f"image {path} is empty", size
+    return None, size
 
 
-def _mask_problem(mask: Path, image: Path) -> str | None:
+def _mask_problem(mask: Path, size: tuple[int, int]) -> str | None:
+    """Why ``mask`` is not a readable mask of an image of ``size`` (None if it is one)."""
     if not mask.is_file():
         return f"mask file not found: {mask}"
     try:
-        with Image.open(mask) as m, Image.open(image) as img:
-            if m.size != img.size:
-                (mw, mh), (iw, ih) = m.size, img.size
+        with Image.open(mask) as m:
+            if m.size != size:
+                (mw, mh), (iw, ih) = m.size, size
                 return f"mask {mask} is {mw}x{mh} px but the image is {iw}x{ih} px"
     except (OSError, SyntaxError) as err:
         return f"unreadable mask {mask}: {err}"
@@ -130,11 +131,11 @@ def load_labels(spec: DatasetSpec) -> pd.DataFrame:
         if partitions[i] not in PARTITIONS:
             errs.append(f"unknown partition {partitions[i]!r} (expected train or test)")
         if name:
-            image = spec.images / name
-            if problem := _image_problem(image):
+            problem, size = _image_problem(spec.images / name)
+            if problem:
                 errs.append(problem)
             elif spec.masks is not None and (
-                problem := _mask_problem(spec.masks / f"{stems[i]}.png", image)
+                problem := _mask_problem(spec.masks / f"{stems[i]}.png", size)
             ):
                 errs.append(problem)
         problems.extend(f"{row}: {e}" for e in errs)
@@ -158,3 +159,19 @@ def load_labels(spec: DatasetSpec) -> pd.DataFrame:
     out["image"] = [str(spec.images / f) for f in out["file"]]
     out["mask"] = [str(spec.masks / f"{s}.png") if spec.masks else "" for s in out["name"]]
     return out.sort_values("name", kind="stable").reset_index(drop=True)
+
+
+def manifest(images: dict[str, str], masks: dict[str, str]) -> pd.DataFrame:
+    """One row per sample (sorted by name): its image and mask paths (mask ``""`` when none)
+    with their sizes in bytes and modification times (ns): a file that changes whenever one
+    of the dataset's files does, so that rules can depend on it instead of on every file."""
+    rows = []
+    for name in sorted(images):
+        row = {"name": name}
+        for kind, path in (("image", images[name]), ("mask", masks.get(name, ""))):
+            stat = Path(path).stat() if path else None
+            row[kind] = path
+            row[f"{kind}_bytes"] = stat.st_size if stat else ""
+            row[f"{kind}_mtime_ns"] = stat.st_mtime_ns if stat else ""
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -45,6 +45,27 @@ rule demo_contact_sheet:
         "../scripts/demo_contact_sheet.py"
 
 
+rule dataset_manifest:
+    input:
+        labels=dataset_paths()[1],
+        images=list(SAMPLE_IMAGES.values()) if not DEMO else [],
+        masks=list(SAMPLE_MASKS.values()) if HAS_MASKS and not DEMO else [],
+    output:
+        MANIFEST,
+    log:
+        f"{RESULTS}/logs/dataset_manifest.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        images=SAMPLE_IMAGES,
+        masks=SAMPLE_MASKS if HAS_MASKS else {},
+    script:
+        "../scripts/dataset_manifest.py"
+
+
 rule split:
     input:
         **dataset_inputs(),
