@@ -132,7 +132,7 @@ def shard_image_paths(stage):
     return paths
 
 
-# A folder dataset's files, listed with their sizes and times by rule dataset_manifest: rules
+# A folder dataset's files, listed with their sizes and times (rule dataset_manifest); rules
 # that read the whole dataset depend on this one file instead of on thousands of files (the DAG
 # of 30,000 images builds several times faster), and still rerun when any file changes.
 MANIFEST = f"{RESULTS}/data/manifest.csv"
