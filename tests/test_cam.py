@@ -332,6 +332,9 @@ def test_save_cams_writes_float16_maps_at_each_images_size(tmp_path):
         np.load(tmp_path / "alone" / "c.npy"), np.load(tmp_path / "cams" / "c.npy")
     )
     assert alone.iloc[0].to_dict() == peaks.iloc[2].to_dict()
+    # an empty shard (more shards than images) still has the table's columns
+    none = save_cams(model, [], tmp_path / "none", cfg, torch.device("cpu"))
+    assert none.empty and list(none.columns) == list(peaks.columns)
     assert image_seed(3, "a") == image_seed(3, "a") != image_seed(3, "b") != image_seed(4, "b")
     # peak_hits reads each mask at the peak
     masks = {}

@@ -7,7 +7,7 @@ import pytest
 
 from histo_wsss.demo import DemoSpec, render
 from histo_wsss.figures import pick_examples, pseudo_mask_steps
-from histo_wsss.io import read_mask, write_png
+from histo_wsss.io import read_mask, write_csv, write_png
 from histo_wsss.pseudo_masks import Item, load_cam, quality_summary, refine_images
 from histo_wsss.refine import STEPS, RefineParams
 from histo_wsss.stain import tissue_mask
@@ -64,6 +64,12 @@ def test_final_step_chooses_which_step_is_the_pseudo_mask(shard, tmp_path):
     assert not np.array_equal(mask, read_mask(root / "out" / "masks" / "img0.png"))
     assert not (tmp_path / "steps").exists()
     assert table["crf_area"].iloc[0] > 0  # the CRF still runs and is scored
+
+
+def test_an_empty_shard_writes_a_readable_table(tmp_path):
+    write_csv(tmp_path / "t.csv", refine_images([], RefineParams(), tmp_path, save_steps=True))
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table.empty and {"name", "positive", "seconds"} <= set(table.columns)
 
 
 def test_quality_is_scored_per_step_and_a_blurred_truth_cam_scores_well(shard):

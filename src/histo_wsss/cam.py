@@ -377,7 +377,7 @@ def save_cams(
                 row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
                 rows.append({"name": name, "label": label, "peak_row": row, "peak_col": col})
             bar.update(len(batch))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["name", "label", "peak_row", "peak_col"])
 
 
 def peak_hits(peaks: pd.DataFrame, masks: dict[str, str]) -> pd.Series:

@@ -76,7 +76,8 @@ def refine_images(
                 quality = scores_from_counts(*counts.values())
                 row.update({f"{step}_{m}": round(float(v), 6) for m, v in quality.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    # an empty shard (more shards than images) still gets a table with a header
+    return pd.DataFrame(rows, columns=None if rows else ["name", "positive", "seconds"])
 
 
 def quality_summary(table: pd.DataFrame) -> pd.DataFrame:
