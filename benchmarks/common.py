@@ -1,0 +1,126 @@
+"""Shared by the benchmark scripts: synthetic datasets, snakemake runs, timing, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars here
+from histo_wsss.demo import COLUMNS, DemoSpec, generate
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+WORK = Path(os.environ.get("HISTO_WSSS_BENCH_DIR", "/tmp/histo_wsss_bench"))
+RESULTS = REPO / "benchmarks" / "results"
+MHIST_SIZE = 3152
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "MPLBACKEND": "Agg"}
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def dataset(n_images: int, distinct: int = MHIST_SIZE, size: int = 224) -> Path:
+    """A folder dataset (MHIST's label format) of ``n_images`` demo images of ``size`` px, made
+    once under :data:`WORK`. Past ``distinct`` rendered images the files are hard links to the
+    rendered ones (new names, same pixels): enough for what only counts files."""
+    root = WORK / f"data_{n_images}_{size}"
+    if (root / "labels.csv").is_file():
+        return root
+    rendered = WORK / f"data_{min(n_images, distinct)}_{size}"
+    if not (rendered / "labels.csv").is_file():
+        print(f"rendering {min(n_images, distinct)} demo images of {size} px ...", flush=True)
+        generate(DemoSpec(n_images=min(n_images, distinct), size=size, seed=0), rendered)
+    if rendered != root:
+        table = pd.read_csv(rendered / "labels.csv")
+        rows = []
+        for i in range(n_images):
+            row = table.iloc[i % len(table)].copy()
+            name = row[COLUMNS[0]] if i < len(table) else f"copy_{i:06d}.png"
+            for kind in ("images", "masks"):
+                target = root / kind / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(rendered / kind / row[COLUMNS[0]], target)
+            row[COLUMNS[0]] = name
+            rows.append(row)
+        pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def folder_config(data: Path, **sections: dict) -> dict:
+    """Config overrides for a folder dataset at ``data``, plus ``sections`` (merged per key)."""
+    config = {
+        "dataset": {
+            "source": "folder",
+            "images": str(data / "images"),
+            "labels": str(data / "labels.csv"),
+            "masks": str(data / "masks"),
+        }
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> tuple[float, str]:
+    """Run the repo's Snakefile in ``workdir`` with the demo config + ``config``; return the
+    wall time in seconds and the combined output. Raises on failure."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    override = workdir / "bench_config.yaml"
+    override.write_text(yaml.safe_dump(config))
+    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--configfile"]
+    cmd += [str(REPO / "config" / "config.yaml"), str(override), *args]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    out = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{out[-6000:]}")
+    return seconds, out
+
+
+def job_count(output: str) -> int:
+    """The total of snakemake's job-stats table (0 when nothing is to be done)."""
+    if "Nothing to be done" in output:
+        return 0
+    for line in output.split("Job stats:", 1)[1].splitlines():
+        if line.startswith("total"):
+            return int(line.split()[1])
+    raise ValueError(f"no job table in:\n{output[-3000:]}")
+
+
+def peak_rss_mb(children: bool = True) -> float:
+    """Peak resident set size of this process's finished children (or of itself), MB."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def report(name: str, rows: Sequence[dict], notes: dict | None = None) -> None:
+    """Print ``rows`` as a table and write them, the machine and ``notes`` to
+    ``benchmarks/results/<name>.json``."""
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False, floatfmt=".3g"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(), "rows": rows, **(notes or {})}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"-> {RESULTS / f'{name}.json'}")
