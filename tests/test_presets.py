@@ -252,4 +252,7 @@ def test_glas_ground_truth_targets_rerun_only_the_segmentation(glas_run):
     assert {"train_segmentation", "predict", "evaluate_segmentation"} <= jobs
     assert not jobs & {"train_classifier", "cams", "pseudo_masks", "normalize_stain"}
     inputs = _job_inputs(out, "train_segmentation")
-    assert f"{GLAS_DATA}/masks/train_1.png" in inputs and "pseudo_masks" not in inputs
+    # a folder dataset's masks reach the rules through its manifest, which lists each of them
+    assert "results/glas/data/manifest.csv" in inputs and "pseudo_masks" not in inputs
+    manifest = pd.read_csv(workdir / "results" / "glas" / "data" / "manifest.csv")
+    assert f"{GLAS_DATA}/masks/train_1.png" in set(manifest["mask"])
