@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from synthetic import square_items
 from torchvision.models import resnet18
 
 from histo_wsss import classifier, segmentation
@@ -23,25 +24,6 @@ from histo_wsss.training import Augmentation, training_sizes
 ODD = [(97, 131), (131, 97), (45, 33)]  # odd sides, portrait and landscape, smaller than a crop
 NO_COLOUR = {"flip": True, "rotate90": True, "brightness": 0, "contrast": 0, "saturation": 0}
 NO_COLOUR["hue"] = 0
-
-
-def _squares(root, spec, seed, side=16):
-    """Dark noise images of the given ``(size, label)``; positives carry a bright square (the
-    mask). Returns ``(image, mask, label)`` items."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for n, ((h, w), label) in enumerate(spec):
-        image = rng.integers(40, 90, (h, w, 3), dtype=np.uint8)
-        mask = np.zeros((h, w), dtype=bool)
-        if label:
-            s = min(side, h - 1, w - 1)
-            y, x = rng.integers(0, h - s), rng.integers(0, w - s)
-            image[y : y + s, x : x + s] = 230
-            mask[y : y + s, x : x + s] = True
-        write_png(root / f"{n}.png", image)
-        write_png(root / f"{n}_mask.png", mask)
-        items.append((str(root / f"{n}.png"), str(root / f"{n}_mask.png"), label))
-    return items
 
 
 def _demo(size, index=0, positive=True):
@@ -167,7 +149,7 @@ MIXED = [((97, 131), 1), ((45, 33), 0), ((64, 64), 1), ((131, 97), 0), ((45, 33)
 
 
 def test_classifier_trains_on_crops_of_any_size_and_predicts_whole_images(tmp_path):
-    items = [(image, label) for image, _, label in _squares(tmp_path, MIXED * 2, 0)]
+    items = [(image, label) for image, _, label in square_items(tmp_path, MIXED * 2, 0, side=16)]
     best = classifier.train(
         items[:6], items[6:], {**CLASSIFIER, "crop_size": 40}, tmp_path / "m.pt", tmp_path / "m.csv"
     )
@@ -181,7 +163,7 @@ def test_classifier_trains_on_crops_of_any_size_and_predicts_whole_images(tmp_pa
 
 
 def test_classifier_without_crops_batches_by_size_and_needs_a_size_seen_twice(tmp_path):
-    items = [(image, label) for image, _, label in _squares(tmp_path, MIXED * 2, 1)]
+    items = [(image, label) for image, _, label in square_items(tmp_path, MIXED * 2, 1, side=16)]
     classifier.train(items[:8], items[8:], CLASSIFIER, tmp_path / "m.pt", tmp_path / "m.csv")
     assert len(pd.read_csv(tmp_path / "m.csv")) == 2
     unique = [items[0], items[1], items[2]]  # three sizes, one image each
@@ -223,8 +205,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("any_size_seg")
     (root / "train").mkdir()
     (root / "val").mkdir()
-    train_items = _squares(root / "train", TRAIN, 0, side=20)
-    val_items = _squares(root / "val", VAL, 1, side=20)
+    train_items = square_items(root / "train", TRAIN, 0, side=20)
+    val_items = square_items(root / "val", VAL, 1, side=20)
     best = segmentation.train(train_items, val_items, SEGMENTATION, root / "m.pt", root / "m.csv")
     return best, segmentation.load_checkpoint(root / "m.pt"), pd.read_csv(root / "m.csv")
 
@@ -267,7 +249,7 @@ def test_deeplab_padding_changes_the_result_inside_the_image_only_a_little(train
 
 def test_segmentation_predicts_each_image_at_its_size(trained, tmp_path):
     _, model, _ = trained
-    items = _squares(tmp_path, [(size, 1) for size in ODD + [(97, 131)]], 2)
+    items = square_items(tmp_path, [(size, 1) for size in ODD + [(97, 131)]], 2, side=16)
     paths = [image for image, _, _ in items]
     batched = list(segmentation.predict(model, paths, batch_size=4))
     alone = list(segmentation.predict(model, paths, batch_size=1))

@@ -9,6 +9,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from synthetic import square_items
 from torchvision.models import resnet18, resnet34
 
 from histo_wsss import segmentation as seg
@@ -250,24 +251,6 @@ def test_improvement_and_early_stopping():
 # A real tiny training run
 
 
-def _make_items(root, spec, seed):
-    """(image, mask, label) items: noise, positives with a bright square (= the mask)."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for n, ((h, w), label) in enumerate(spec):
-        image = rng.integers(40, 90, (h, w, 3), dtype=np.uint8)
-        mask = np.zeros((h, w), dtype=bool)
-        if label:
-            s = min(h, w) // 3
-            y, x = rng.integers(0, h - s), rng.integers(0, w - s)
-            image[y : y + s, x : x + s] = 230
-            mask[y : y + s, x : x + s] = True
-        write_png(root / f"im{n}.png", image)
-        write_png(root / f"im{n}_mask.png", mask)
-        items.append((root / f"im{n}.png", root / f"im{n}_mask.png", label))
-    return items
-
-
 TRAIN_SPEC = [((64, 64), 1)] * 6 + [((64, 64), 0)] * 3 + [((40, 56), 1)] * 2
 VAL_SPEC = [((64, 64), 1)] * 2 + [((64, 64), 0)] * 2 + [((40, 56), 1)]
 # epoch 0: positives only (8 images); epochs 1, 2: every negative too (11 images)
@@ -287,7 +270,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg_data")
     (root / "train").mkdir()
     (root / "val").mkdir()
-    return _make_items(root / "train", TRAIN_SPEC, 0), _make_items(root / "val", VAL_SPEC, 1)
+    return square_items(root / "train", TRAIN_SPEC, 0), square_items(root / "val", VAL_SPEC, 1)
 
 
 def _run(data, out, cfg=TINY):
@@ -471,7 +454,7 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
 
 def test_predict_yields_maps_at_each_image_size(trained, data, tmp_path):
     _, ckpt_path, _ = trained
-    odd = _make_items(tmp_path, [((100, 75), 1)], 3)[0][0]
+    odd = square_items(tmp_path, [((100, 75), 1)], 3)[0][0]
     paths = [data[1][0][0], data[1][1][0], odd, data[1][2][0], data[1][4][0]]
     model = load_checkpoint(ckpt_path)
     model.train()  # predict must run in eval mode and give the mode back
