@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -107,12 +106,6 @@ def job_count(output: str) -> int:
         if line.startswith("total"):
             return int(line.split()[1])
     raise ValueError(f"no job table in:\n{output[-3000:]}")
-
-
-def peak_rss_mb(children: bool = True) -> float:
-    """Peak resident set size of this process's finished children (or of itself), MB."""
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def report(name: str, rows: Sequence[dict], notes: dict | None = None) -> None:

@@ -3,7 +3,7 @@
 
 rule cams:
     input:
-        model=f"{RESULTS}/classifier/model.pt",
+        model=CLASSIFIER_MODEL,
         split=f"{RESULTS}/split/split.csv",
         stain=upstream_shards("cam", "stain"),
     output:

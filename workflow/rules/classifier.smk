@@ -7,7 +7,7 @@ rule train_classifier:
         stain=shard_dirs("stain"),
         weights=classifier_weights(),
     output:
-        model=f"{RESULTS}/classifier/model.pt",
+        model=CLASSIFIER_MODEL,
         metrics=f"{RESULTS}/classifier/metrics.csv",
     log:
         f"{RESULTS}/logs/train_classifier.log",
@@ -29,7 +29,7 @@ rule train_classifier:
 
 rule evaluate_classifier:
     input:
-        model=f"{RESULTS}/classifier/model.pt",
+        model=CLASSIFIER_MODEL,
         split=f"{RESULTS}/split/split.csv",
         stain=shard_dirs("stain"),
     output:
