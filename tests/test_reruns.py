@@ -250,5 +250,16 @@ def test_two_clean_runs_give_byte_identical_results(tiny_run, twin_run):
                 differ.append(rel)
         elif a != b:
             differ.append(rel)
-    assert differ == []
+    assert differ == [], _training_lines(first, second)
     assert "classifier/metrics.csv" in timed and "pseudo_masks/quality.csv" in timed
+
+
+def _training_lines(*results: Path) -> str:
+    """The model jobs' "training ... on <device>" log lines of each run (threads included)."""
+    return "\n".join(
+        f"{r.parent.name}: {line}"
+        for r in results
+        for log in ("train_classifier", "train_segmentation")
+        for line in (r / "logs" / f"{log}.log").read_text().splitlines()
+        if " training " in line
+    )

@@ -1,11 +1,11 @@
-"""The training loops' data-wait clock."""
+"""The training loops' data-wait clock and device label."""
 
 import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from histo_wsss.training import LoaderClock
+from histo_wsss.training import LoaderClock, device_label
 
 
 class _SlowImages(Dataset):
@@ -39,3 +39,14 @@ def test_a_loop_left_early_still_stops_the_clock():
         if i == 1:
             break
     assert clock.images == 4 and clock.total > 0
+
+
+def test_the_cpu_is_logged_with_torchs_thread_count():
+    before = torch.get_num_threads()
+    try:
+        for n, text in ((1, "cpu (1 thread)"), (2, "cpu (2 threads)")):
+            torch.set_num_threads(n)
+            assert device_label(torch.device("cpu")) == text
+    finally:
+        torch.set_num_threads(before)
+    assert device_label(torch.device("cuda", 1)) == "cuda:1"

@@ -66,6 +66,7 @@ from histo_wsss.training import (
     as_device,
     check_augment,
     deterministic,
+    device_label,
     is_int,
     is_num,
     merge_config,
@@ -583,7 +584,8 @@ def _train(
     metric, column = cfg["selection_metric"], SELECTION_METRICS[cfg["selection_metric"]]
     log.info(
         "training %s on %s: %d train / %d val images, %d epochs x %d steps, selecting on %s",
-        cfg["arch"], device, len(train_images) - left_out, len(val_images), epochs, steps, column,
+        cfg["arch"], device_label(device), len(train_images) - left_out, len(val_images),
+        epochs, steps, column,
     )  # fmt: skip
 
     rows: list[dict] = []

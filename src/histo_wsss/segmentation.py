@@ -125,6 +125,7 @@ from histo_wsss.training import (
     as_device,
     check_augment,
     deterministic,
+    device_label,
     is_int,
     is_num,
     merge_config,
@@ -593,8 +594,8 @@ def _train(
     epochs, seed = cfg["epochs"], cfg["seed"]
     log.info(
         "training %s/%s on %s: %d train (%d positive) / %d val images, up to %d epochs",
-        cfg["arch"], cfg["encoder"], device, len(train_data), int(train_data.labels.sum()),
-        len(val_data), epochs,
+        cfg["arch"], cfg["encoder"], device_label(device), len(train_data),
+        int(train_data.labels.sum()), len(val_data), epochs,
     )  # fmt: skip
 
     rows: list[dict] = []

@@ -79,6 +79,14 @@ def as_device(device: str | torch.device) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(device)
 
 
+def device_label(device: torch.device) -> str:
+    """``device`` for a log line; on the CPU with torch's thread count (results depend on it)."""
+    if device.type != "cpu":
+        return str(device)
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' * (n != 1)})"
+
+
 def _compose(aug: Mapping, crop_size: int | None, rotate90: bool) -> A.Compose | None:
     ops: list = []
     if crop_size is not None:
