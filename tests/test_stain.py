@@ -1,7 +1,10 @@
 """Macenko normalization and tissue masks on real Beer-Lambert-rendered H&E images."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from skimage import color
 
 from histo_wsss.demo import E_REF, H_REF, DemoSpec, render
 from histo_wsss.io import read_rgb
@@ -13,6 +16,7 @@ from histo_wsss.stain import (
     normalize,
     normalize_images,
     tissue_mask,
+    value_saturation,
 )
 
 SPEC = DemoSpec(n_images=8, size=128, seed=3)
@@ -34,6 +38,32 @@ def test_tissue_mask_separates_white_background_from_tissue():
     tissue = tissue_mask(rgb)
     assert not tissue[:, :46].any()
     assert tissue[:, 52:].mean() > 0.9
+
+
+GLAS_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas-train" / "images"
+
+
+def _same_as_skimage(rgb):
+    hsv = color.rgb2hsv(rgb)
+    value, saturation = value_saturation(rgb)
+    return np.array_equal(value, hsv[..., 2]) and np.array_equal(saturation, hsv[..., 1])
+
+
+def test_value_and_saturation_are_skimages_bit_for_bit():
+    grid = np.stack(np.meshgrid(*[np.r_[0:256:3, 255]] * 3, indexing="ij"), axis=-1)
+    assert _same_as_skimage(grid.reshape(-1, 1, 3).astype(np.uint8))  # black, greys, primaries
+    assert _same_as_skimage(_image(4))
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        value_saturation(_image(4).astype(float))
+
+
+def test_value_and_saturation_match_skimage_on_real_he_images():
+    if not GLAS_IMAGES.is_dir():
+        pytest.skip(f"real H&E images not found: {GLAS_IMAGES} (../shared is absent)")
+    paths = sorted(GLAS_IMAGES.glob("*.png"))[:5]
+    assert len(paths) == 5
+    for path in paths:
+        assert _same_as_skimage(read_rgb(path)), path
 
 
 def _rotate(vector, degrees, axis):
