@@ -1,5 +1,6 @@
 """Partial reruns, GPU tagging and reproducibility of the real Snakefile, on the tiny demo."""
 
+import os
 import re
 import shutil
 from datetime import datetime
@@ -109,6 +110,17 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
         "predict": {"images": "new"},
     }
     snakemake(tmp_path, "--cores", "2", config=config)
+    assert planned_jobs(tmp_path, config) == {}
+
+    # A mask changed in place (a newer time) reruns the manifest and what reads the masks; the
+    # normalization does not read them. Its old time back, nothing is to be done again.
+    mask = data / "masks" / f"{Path(labels['Image Name'].iloc[0]).stem}.png"
+    times = (mask.stat().st_atime_ns, mask.stat().st_mtime_ns)
+    os.utime(mask, ns=(times[0], times[1] + 10**9))
+    touched = planned_jobs(tmp_path, config)
+    assert touched["dataset_manifest"] == 1 and "pseudo_masks" in touched
+    assert "normalize_stain" not in touched
+    os.utime(mask, ns=times)
     assert planned_jobs(tmp_path, config) == {}
 
     labels.to_csv(data / "labels.csv", index=False)

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from histo_wsss.shards import shard_names, shard_of
+from histo_wsss.shards import shard_groups, shard_of
 from histo_wsss.splits import make_split
 
 
@@ -51,9 +51,11 @@ def test_too_few_images_of_a_class_is_a_clear_error():
 
 def test_shards_partition_names_and_are_stable_when_images_are_added():
     names = [f"img{i:04d}" for i in range(500)]
-    shards = [shard_names(names, k, 8) for k in range(8)]
+    shards = shard_groups(reversed(names), 8)
     assert sorted(sum(shards, [])) == names
+    assert all(group == sorted(group) for group in shards)
+    assert all(shard_of(n, 8) == k for k, group in enumerate(shards) for n in group)
     assert min(map(len, shards)) > 40  # roughly balanced
-    more = names + ["new_image"]
-    changed = [k for k in range(8) if shard_names(more, k, 8) != shards[k]]
+    more = shard_groups([*names, "new_image"], 8)
+    changed = [k for k in range(8) if more[k] != shards[k]]
     assert changed == [shard_of("new_image", 8)]

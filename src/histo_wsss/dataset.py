@@ -9,6 +9,7 @@ Images may have any size, and differ in size.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,30 +116,31 @@ def load_labels(spec: DatasetSpec) -> pd.DataFrame:
         if PARTITION_COLUMN in table.columns
         else pd.Series("train", index=table.index)
     )
+    labels = table[LABEL_COLUMN].str.strip()
     problems: list[str] = []
-    for i, name in names.items():
-        row = f"row {i + 2} ({name!r})"  # +2: header line and 1-based numbering
-        label = table.at[i, LABEL_COLUMN].strip()
+    rows = zip(names, stems, labels, partitions, duplicated, stem_clash, strict=True)
+    for i, (name, stem, label, partition, is_duplicate, clashes) in enumerate(rows):
         errs = []
         if not name:
             errs.append("empty image name")
-        if duplicated[i]:
+        if is_duplicate:
             errs.append("duplicate image name")
-        if stem_clash[i]:
-            errs.append(f"file stem {stems[i]!r} is shared with another image")
+        if clashes:
+            errs.append(f"file stem {stem!r} is shared with another image")
         if label not in spec.classes:
             errs.append(f"unknown label {label!r} (expected one of {list(spec.classes)})")
-        if partitions[i] not in PARTITIONS:
-            errs.append(f"unknown partition {partitions[i]!r} (expected train or test)")
+        if partition not in PARTITIONS:
+            errs.append(f"unknown partition {partition!r} (expected train or test)")
         if name:
             problem, size = _image_problem(spec.images / name)
             if problem:
                 errs.append(problem)
             elif spec.masks is not None and (
-                problem := _mask_problem(spec.masks / f"{stems[i]}.png", size)
+                problem := _mask_problem(spec.masks / f"{stem}.png", size)
             ):
                 errs.append(problem)
-        problems.extend(f"{row}: {e}" for e in errs)
+        # row numbers as in a spreadsheet: +2 for the header line and 1-based numbering
+        problems.extend(f"row {i + 2} ({name!r}): {e}" for e in errs)
     if problems:
         listed = "\n  ".join(problems[:MAX_LISTED])
         more = len(problems) - MAX_LISTED
@@ -151,7 +153,7 @@ def load_labels(spec: DatasetSpec) -> pd.DataFrame:
         {
             "name": stems,
             "file": names,
-            "label": table[LABEL_COLUMN].str.strip(),
+            "label": labels,
             "partition": partitions,
         }
     )
@@ -175,3 +177,9 @@ def manifest(images: dict[str, str], masks: dict[str, str]) -> pd.DataFrame:
             row[f"{kind}_mtime_ns"] = stat.st_mtime_ns if stat else ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fingerprint(images: dict[str, str], masks: dict[str, str]) -> str:
+    """A digest of the :func:`manifest` (every file's path, size and modification time): it
+    changes whenever one of the dataset's files does."""
+    return hashlib.sha256(manifest(images, masks).to_csv(index=False).encode()).hexdigest()

@@ -17,6 +17,9 @@ def shard_of(name: str, n_shards: int) -> int:
     return zlib.crc32(name.encode("utf-8")) % n_shards
 
 
-def shard_names(names: Iterable[str], shard: int, n_shards: int) -> list[str]:
-    """Return the names that belong to ``shard``, sorted."""
-    return sorted(n for n in names if shard_of(n, n_shards) == shard)
+def shard_groups(names: Iterable[str], n_shards: int) -> list[list[str]]:
+    """The sorted names of each shard, in shard order (one pass over ``names``)."""
+    groups: list[list[str]] = [[] for _ in range(n_shards)]
+    for name in sorted(names):
+        groups[shard_of(name, n_shards)].append(name)
+    return groups

@@ -20,7 +20,7 @@ rule cams:
         mem_mb=4000,
     params:
         names=shard_members("cam"),
-        images=sample_files("stain", "images"),
+        images=shard_sample_files("cam", "stain", "images"),
         positive_class=config["dataset"]["positive_class"],
         cam=config["cam"],
     script:

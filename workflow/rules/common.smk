@@ -1,6 +1,7 @@
 """The sample table and input functions shared by every rule."""
 
 import sys
+from functools import cache
 from pathlib import Path
 
 # The library is importable from the checkout even where it is not installed: Snakemake hands
@@ -9,10 +10,10 @@ SRC = str(Path(workflow.basedir) / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-from histo_wsss.dataset import DatasetError, DatasetSpec, load_labels
+from histo_wsss.dataset import DatasetError, DatasetSpec, fingerprint, load_labels
 from histo_wsss.demo import demo_names
 from histo_wsss.refine import STEPS as REFINE_STEPS
-from histo_wsss.shards import shard_names, shard_of
+from histo_wsss.shards import shard_groups
 from histo_wsss.weights import local_file as local_weights_file
 
 RESULTS = config["results"]
@@ -81,11 +82,19 @@ def shard_ids(stage):
     return list(range(config[stage]["shards"]))
 
 
+@cache
+def _shards(stage):
+    """`([sorted names of each shard], {name: shard})` of a sharded stage, computed once (the
+    input functions of every shard job of a 30,000-image DAG read them)."""
+    groups = shard_groups(SAMPLES, config[stage]["shards"])
+    return groups, {name: k for k, group in enumerate(groups) for name in group}
+
+
 def shard_members(stage):
     """Input function: the sorted sample names of the job's shard."""
 
     def members(wildcards):
-        return shard_names(SAMPLES, int(wildcards.shard), config[stage]["shards"])
+        return _shards(stage)[0][int(wildcards.shard)]
 
     return members
 
@@ -95,18 +104,12 @@ def shard_dirs(stage):
     return [f"{RESULTS}/{stage}/shards/{k}" for k in shard_ids(stage)]
 
 
-def sample_file(stage, name, kind, ext=".png"):
-    """Path of one image's `kind` output (images, tissue, masks, ...) of a sharded stage."""
-    shard = shard_of(name, config[stage]["shards"])
-    return f"{RESULTS}/{stage}/shards/{shard}/{kind}/{name}{ext}"
-
-
 def upstream_shards(stage, upstream):
     """Input function: the `upstream` shard folders that hold the images of the job's shard."""
 
     def folders(wildcards):
-        n = config[upstream]["shards"]
-        shards = {shard_of(name, n) for name in shard_members(stage)(wildcards)}
+        shard = _shards(upstream)[1]
+        shards = {shard[name] for name in shard_members(stage)(wildcards)}
         return [f"{RESULTS}/{upstream}/shards/{k}" for k in sorted(shards)]
 
     return folders
@@ -138,6 +141,15 @@ def shard_image_paths(stage):
 MANIFEST = f"{RESULTS}/data/manifest.csv"
 
 
+def dataset_fingerprint():
+    """A digest of the sizes and times of a folder dataset's files: a param of rule
+    dataset_manifest, which reruns when it changes (Snakemake's params rerun trigger), i.e.
+    whenever a file of the dataset is added, removed or changed."""
+    if DEMO:
+        return ""
+    return fingerprint(SAMPLE_IMAGES, SAMPLE_MASKS if HAS_MASKS else {})
+
+
 def dataset_inputs():
     """Files a rule that reads the whole dataset depends on."""
     images, labels, masks = dataset_paths()
@@ -153,9 +165,32 @@ def truth_inputs():
     return [dataset_paths()[2]] if DEMO else [MANIFEST]
 
 
-def sample_files(stage, kind, ext=".png"):
-    """`{name: path}` of one `kind` of output of a sharded stage, for every sample."""
-    return {n: sample_file(stage, n, kind, ext) for n in SAMPLES}
+def sample_files(stage, kind, ext=".png", names=SAMPLES):
+    """`{name: path}` of one `kind` of output (images, tissue, masks, ...) of a sharded stage,
+    for every sample or the given `names`."""
+    shard = _shards(stage)[1]
+    return {n: f"{RESULTS}/{stage}/shards/{shard[n]}/{kind}/{n}{ext}" for n in names}
+
+
+def shard_sample_files(stage, upstream, kind, ext=".png"):
+    """Params function: `sample_files` of the `upstream` stage for the job's `stage` shard
+    only (not the whole dataset's paths, which every job would carry)."""
+
+    def files(wildcards):
+        return sample_files(upstream, kind, ext, shard_members(stage)(wildcards))
+
+    return files
+
+
+def shard_truth_masks(stage):
+    """Params function: `{name: real mask}` of the job's shard (empty without masks)."""
+
+    def masks(wildcards):
+        if not HAS_MASKS:
+            return {}
+        return {n: SAMPLE_MASKS[n] for n in shard_members(stage)(wildcards)}
+
+    return masks
 
 
 STAIN_AUTO = config["stain"]["target"] == "auto"

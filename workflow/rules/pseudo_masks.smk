@@ -20,10 +20,10 @@ rule pseudo_masks:
         mem_mb=2000,
     params:
         names=shard_members("pseudo_masks"),
-        images=sample_files("stain", "images"),
-        tissue=sample_files("stain", "tissue"),
-        cams=sample_files("cam", "cams", ".npy"),
-        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        images=shard_sample_files("pseudo_masks", "stain", "images"),
+        tissue=shard_sample_files("pseudo_masks", "stain", "tissue"),
+        cams=shard_sample_files("pseudo_masks", "cam", "cams", ".npy"),
+        masks=shard_truth_masks("pseudo_masks"),
         positive_class=config["dataset"]["positive_class"],
         refine=config["pseudo_masks"],
     script:
