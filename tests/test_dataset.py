@@ -1,5 +1,7 @@
 """The labels CSV contract: every kind of bad input gives one clear error naming the rows."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from histo_wsss.dataset import (
     DatasetSpec,
     load_labels,
     manifest,
+    manifest_keys,
 )
 
 HEADER = ["Image Name", "Majority Vote Label", ANNOTATORS_COLUMN, "Partition"]
@@ -93,6 +96,16 @@ def test_unreadable_image(tmp_path):
     assert "row 2 ('b.png'): unreadable image" in msg
 
 
+def test_an_image_whose_extension_names_another_format_is_still_read(tmp_path):
+    spec = _dataset(tmp_path, GOOD, masks=True)
+    rgb = Image.open(tmp_path / "images" / "a.png")
+    rgb.save(tmp_path / "images" / "a.png", format="JPEG")  # a JPEG named .png
+    assert Image.open(tmp_path / "images" / "a.png").format == "JPEG"
+    assert list(load_labels(spec)["name"]) == ["a", "b", "c"]
+    rgb.resize((8, 8)).save(tmp_path / "images" / "a.png", format="JPEG")
+    assert "mask" in _error(spec) and "is 16x12 px but the image is 8x8 px" in _error(spec)
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA"])
 def test_non_rgb_image(tmp_path, mode):
     spec = _dataset(tmp_path, GOOD)
@@ -140,3 +153,34 @@ def test_manifest_changes_with_any_file_of_the_dataset(tmp_path):
     assert manifest(images, masks).equals(first)
     _image(tmp_path / "msk" / "a.png", mode="L", size=(9, 9))  # a mask rewritten in place
     assert not manifest(images, masks).equals(first)
+
+
+def _write_manifest(spec, path):
+    table = load_labels(spec)
+    masks = dict(zip(table["name"], table["mask"], strict=True)) if spec.masks else {}
+    manifest(dict(zip(table["name"], table["image"], strict=True)), masks).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_files_unchanged_since_the_manifest_are_not_opened_again(tmp_path, masks):
+    spec = _dataset(tmp_path, GOOD, masks=masks)
+    _write_manifest(spec, tmp_path / "manifest.csv")
+    checked = manifest_keys(tmp_path / "manifest.csv")
+    assert len(checked) == 3
+    # Unreadable now, but with the size and time the manifest recorded: trusted, not opened.
+    image = tmp_path / "images" / "b.png"
+    times = (image.stat().st_atime_ns, image.stat().st_mtime_ns)
+    image.write_bytes(b"x" * image.stat().st_size)
+    os.utime(image, ns=times)
+    assert list(load_labels(spec, checked)["name"]) == ["a", "b", "c"]
+    assert "row 2 ('b.png'): unreadable image" in _error(spec)  # without the manifest
+    # A file changed since (another time) is checked again.
+    os.utime(image, ns=(times[0], times[1] + 10**9))
+    with pytest.raises(DatasetError, match=r"row 2 \('b.png'\): unreadable image"):
+        load_labels(spec, checked)
+
+
+def test_no_or_a_foreign_manifest_trusts_nothing(tmp_path):
+    assert manifest_keys(tmp_path / "missing.csv") == frozenset()
+    pd.DataFrame({"name": ["a"], "image": ["a.png"]}).to_csv(tmp_path / "old.csv", index=False)
+    assert manifest_keys(tmp_path / "old.csv") == frozenset()

@@ -10,7 +10,13 @@ SRC = str(Path(workflow.basedir) / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-from histo_wsss.dataset import DatasetError, DatasetSpec, fingerprint, load_labels
+from histo_wsss.dataset import (
+    DatasetError,
+    DatasetSpec,
+    fingerprint,
+    load_labels,
+    manifest_keys,
+)
 from histo_wsss.demo import demo_names
 from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
@@ -40,10 +46,17 @@ def dataset_config():
     return {**config["dataset"], "images": images, "labels": labels, "masks": masks}
 
 
+# A folder dataset's files, listed with their sizes and times (rule dataset_manifest); rules
+# that read the whole dataset depend on this one file instead of on thousands of files (the DAG
+# of 30,000 images builds several times faster), and still rerun when any file changes.
+MANIFEST = f"{RESULTS}/data/manifest.csv"
+
+
 def _samples():
     """Image and ground-truth mask paths of every sample, by name ('' where no mask).
 
-    A user dataset is validated here, when the DAG is built; the demo when it is generated.
+    A user dataset is validated here, when the DAG is built (opening only the files that are
+    new or changed since the last manifest); the demo when it is generated.
     """
     if DEMO:
         images, _, masks = dataset_paths()
@@ -52,7 +65,8 @@ def _samples():
             n: f"{masks}/{n}.png" for n in names
         }
     try:
-        table = load_labels(DatasetSpec.from_config(dataset_config()))
+        spec = DatasetSpec.from_config(dataset_config())
+        table = load_labels(spec, checked=manifest_keys(MANIFEST))
     except DatasetError as err:
         raise WorkflowError(f"invalid dataset: {err}") from None
     return dict(zip(table["name"], table["image"])), dict(
@@ -133,12 +147,6 @@ def shard_image_paths(stage):
         return [SAMPLE_IMAGES[n] for n in shard_members(stage)(wildcards)]
 
     return paths
-
-
-# A folder dataset's files, listed with their sizes and times (rule dataset_manifest); rules
-# that read the whole dataset depend on this one file instead of on thousands of files (the DAG
-# of 30,000 images builds several times faster), and still rerun when any file changes.
-MANIFEST = f"{RESULTS}/data/manifest.csv"
 
 
 def dataset_fingerprint():
