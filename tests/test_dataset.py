@@ -184,3 +184,5 @@ def test_no_or_a_foreign_manifest_trusts_nothing(tmp_path):
     assert manifest_keys(tmp_path / "missing.csv") == frozenset()
     pd.DataFrame({"name": ["a"], "image": ["a.png"]}).to_csv(tmp_path / "old.csv", index=False)
     assert manifest_keys(tmp_path / "old.csv") == frozenset()
+    (tmp_path / "empty.csv").touch()
+    assert manifest_keys(tmp_path / "empty.csv") == frozenset()

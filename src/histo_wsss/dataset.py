@@ -128,7 +128,10 @@ def manifest_keys(path: str | os.PathLike) -> frozenset[tuple[str, ...]]:
     a manifest is written only after its dataset passed validation."""
     if not Path(path).is_file():
         return frozenset()
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return frozenset()  # e.g. an empty file left by `snakemake --touch`
     if not set(MANIFEST_KEY) <= set(table.columns):
         return frozenset()
     return frozenset(zip(*(table[c] for c in MANIFEST_KEY), strict=True))
