@@ -106,20 +106,23 @@ def _file_problems(image: Path, mask: Path | None) -> list[str]:
 MANIFEST_KEY = ("image", "image_bytes", "image_mtime_ns", "mask", "mask_bytes", "mask_mtime_ns")
 
 
+def _file_entry(path: str) -> tuple[str, int | str, int | str]:
+    """``(path, size in bytes, modification time in ns)`` of a file as a :func:`manifest` row
+    lists it; ``("", "", "")`` for no file (``path`` empty)."""
+    if not path:
+        return "", "", ""
+    stat = os.stat(path)
+    return path, stat.st_size, stat.st_mtime_ns
+
+
 def _files_key(image: Path, mask: Path | None) -> tuple[str, ...] | None:
     """An image and its mask as a :func:`manifest` row lists them (:data:`MANIFEST_KEY`, as
     strings); ``None`` when a file cannot be stat-ed."""
-    key: list[str] = []
-    for path in (image, mask):
-        if path is None:
-            key += ["", "", ""]
-            continue
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return None
-        key += [str(path), str(stat.st_size), str(stat.st_mtime_ns)]
-    return tuple(key)
+    try:
+        entries = (*_file_entry(str(image)), *_file_entry(str(mask) if mask else ""))
+    except OSError:
+        return None
+    return tuple(map(str, entries))
 
 
 def manifest_keys(path: str | os.PathLike) -> frozenset[tuple[str, ...]]:
@@ -221,16 +224,11 @@ def manifest(images: dict[str, str], masks: dict[str, str]) -> pd.DataFrame:
     """One row per sample (sorted by name): its image and mask paths (mask ``""`` when none)
     with their sizes in bytes and modification times (ns): a file that changes whenever one
     of the dataset's files does, so that rules can depend on it instead of on every file."""
-    rows = []
-    for name in sorted(images):
-        row = {"name": name}
-        for kind, path in (("image", images[name]), ("mask", masks.get(name, ""))):
-            stat = Path(path).stat() if path else None
-            row[kind] = path
-            row[f"{kind}_bytes"] = stat.st_size if stat else ""
-            row[f"{kind}_mtime_ns"] = stat.st_mtime_ns if stat else ""
-        rows.append(row)
-    return pd.DataFrame(rows)
+    rows = [
+        (name, *_file_entry(images[name]), *_file_entry(masks.get(name, "")))
+        for name in sorted(images)
+    ]
+    return pd.DataFrame(rows, columns=["name", *MANIFEST_KEY])
 
 
 def fingerprint(images: dict[str, str], masks: dict[str, str]) -> str:
