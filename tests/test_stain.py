@@ -178,3 +178,38 @@ def test_normalize_images_writes_images_masks_and_qc_rows(tmp_path):
 def test_stain_params_from_config_takes_known_keys_only():
     params = StainParams.from_config({"io": 250, "shards": 4, "target": "auto"})
     assert params.io == 250 and params.beta == StainParams().beta
+
+
+def test_images_and_their_real_masks_are_scaled_alike_on_real_glas(tmp_path):
+    """At `stain.scale` 0.5 an image and its real mask come out at one size, half of each side,
+    and the mask keeps its share of positive pixels (area averaging, majority vote)."""
+    from histo_wsss.io import read_mask
+    from histo_wsss.stain import scale_masks
+
+    masks = GLAS_IMAGES.parent / "masks"
+    if not masks.is_dir():
+        pytest.skip(f"real H&E images with masks not found: {masks} (../shared is absent)")
+    name = next(p.stem for p in sorted(masks.glob("*.png")) if read_mask(p).mean() > 0.2)
+    image, mask = GLAS_IMAGES / f"{name}.png", masks / f"{name}.png"
+    params = StainParams(scale=0.5)
+    normalize_images([name], [image], tmp_path, choose_target([image], params), params)
+    scale_masks([name], [mask], tmp_path, 0.5)
+    small_image = read_rgb(tmp_path / "images" / f"{name}.png")
+    small_mask = read_mask(tmp_path / "masks" / f"{name}.png")
+    height, width = read_rgb(image).shape[:2]
+    assert small_image.shape == (round(height / 2), round(width / 2), 3)
+    assert small_mask.shape == small_image.shape[:2]
+    assert abs(small_mask.mean() - read_mask(mask).mean()) < 0.01
+    assert read_mask(tmp_path / "tissue" / f"{name}.png").shape == small_image.shape[:2]
+
+
+def test_scale_one_reads_images_and_masks_as_they_are(tmp_path):
+    from histo_wsss.io import read_mask, scaled_size, write_png
+
+    rgb, mask = _image(2), _image(3)[..., 0] > 128
+    write_png(tmp_path / "a.png", rgb)
+    write_png(tmp_path / "m.png", mask)
+    assert np.array_equal(read_rgb(tmp_path / "a.png", 1.0), rgb)
+    assert np.array_equal(read_mask(tmp_path / "m.png", 1.0), mask)
+    assert scaled_size((775, 522), 0.5) == (388, 261)  # sides rounded, as PIL's resize is asked
+    assert read_rgb(tmp_path / "a.png", 0.3).shape == (*scaled_size((128, 128), 0.3), 3)

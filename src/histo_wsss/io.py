@@ -54,24 +54,44 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as an ``HxWx3`` uint8 RGB array; raise ``ValueError`` naming the file."""
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(height, width)`` of an image of ``size`` (height, width) resized by ``scale``: each
+    side rounded, at least 1 pixel. Images and their masks use it alike, so they stay aligned."""
+    return tuple(max(1, round(side * scale)) for side in size)
+
+
+def _resized(img: Image.Image, scale: float) -> Image.Image:
+    """``img`` resized by ``scale`` with area averaging (PIL's box filter); as is at 1."""
+    if scale == 1:
+        return img
+    height, width = scaled_size((img.height, img.width), scale)
+    return img.resize((width, height), Image.Resampling.BOX)
+
+
+def read_rgb(path: str | os.PathLike, scale: float = 1.0) -> np.ndarray:
+    """Read an image as an ``HxWx3`` uint8 RGB array, resized by ``scale`` (the workflow's
+    working resolution, ``stain.scale``); raise ``ValueError`` naming the file."""
     try:
         with Image.open(path) as img:
             if img.mode != "RGB":
                 raise ValueError(f"{path}: image mode is {img.mode}, expected RGB")
-            return np.array(img.convert("RGB"))
+            return np.array(_resized(img.convert("RGB"), scale))
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read image ({err})") from err
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a single-channel mask as a boolean array (any non-zero pixel is foreground)."""
+def read_mask(path: str | os.PathLike, scale: float = 1.0) -> np.ndarray:
+    """Read a single-channel mask as a boolean array (any non-zero pixel is foreground), resized
+    by ``scale`` like :func:`read_rgb` resizes its image (a pixel is foreground where most of
+    the area it covers is)."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("L")) > 0
+            mask = np.asarray(img.convert("L")) > 0
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read mask ({err})") from err
+    if scale == 1:
+        return mask
+    return np.asarray(_resized(Image.fromarray(mask.astype(np.uint8) * 255), scale)) > 127
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:

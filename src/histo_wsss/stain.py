@@ -2,7 +2,9 @@
 
 Background-only or otherwise failing images are never fatal: they keep their colours and are
 flagged in the QC table with the reason. Images of any size are normalised at their own size
-(the stain fit and the tissue mask are per pixel, nothing is resized).
+times ``scale``, the workflow's working resolution (1 keeps them as they are; 0.5 halves each
+side, so that a training crop spans twice the tissue in each direction): every later stage
+works at that size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torchstain
 from skimage import morphology
 from tqdm import tqdm
 
-from histo_wsss.io import read_rgb, write_json, write_png
+from histo_wsss.io import read_mask, read_rgb, write_json, write_png
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class StainParams:
     min_tissue_px: int = 64
     min_tissue_fraction: float = 0.05
     min_stain_angle: float = 5.0
+    scale: float = 1.0
 
     @classmethod
     def from_config(cls, stain: dict) -> StainParams:
@@ -125,7 +128,7 @@ def choose_target(
     for path in sorted(map(str, paths)):
         if len(used) == max_images:
             break
-        rgb = read_rgb(path)
+        rgb = read_rgb(path, params.scale)
         if tissue_mask(rgb, params).mean() < params.min_tissue_fraction:
             continue
         try:
@@ -165,7 +168,7 @@ def _check_fit(fit: StainTarget, params: StainParams) -> None:
 def target_from_image(path: str | Path, params: StainParams = StainParams()) -> StainTarget:
     """Reference stains from one named image (the ``stain.target`` config key)."""
     try:
-        fit = fit_stains(read_rgb(path), params)
+        fit = fit_stains(read_rgb(path, params.scale), params)
         _check_fit(fit, params)
     except MACENKO_ERRORS as err:
         raise ValueError(f"{path}: cannot fit Macenko stains to the target image ({err})") from err
@@ -212,19 +215,30 @@ def normalize_images(
     target: StainTarget,
     params: StainParams = StainParams(),
 ) -> pd.DataFrame:
-    """Normalize a shard of images into ``out_dir/images`` and ``out_dir/tissue`` (PNG).
+    """Normalize a shard of images, resized by ``params.scale``, into ``out_dir/images`` and
+    ``out_dir/tissue`` (PNG).
 
     Tissue masks are stored as 0/255. Returns the shard's QC table, one row per image.
     """
     out_dir = Path(out_dir)
     rows = []
     for name, path in tqdm(list(zip(names, images, strict=True)), desc="normalize", unit="img"):
-        out, tissue, record = normalize(read_rgb(path), target, params)
+        out, tissue, record = normalize(read_rgb(path, params.scale), target, params)
         write_png(out_dir / "images" / f"{name}.png", out)
         write_png(out_dir / "tissue" / f"{name}.png", tissue)
         rows.append({"name": name, **record})
     columns = ["name", "tissue_fraction", "normalized", "reason"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def scale_masks(
+    names: Sequence[str], masks: Sequence[str | Path], out_dir: str | Path, scale: float
+) -> None:
+    """Write real masks resized by ``scale`` (as :func:`normalize_images` resizes their images)
+    to ``out_dir/masks`` as 0/255 PNG: every stage that measures against the real masks reads
+    them at the working resolution."""
+    for name, path in zip(names, masks, strict=True):
+        write_png(Path(out_dir) / "masks" / f"{name}.png", read_mask(path, scale))
 
 
 def save_target(path: str | Path, target: StainTarget) -> None:

@@ -42,7 +42,7 @@ rule cam_summary:
     resources:
         mem_mb=2000,
     params:
-        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        masks=truth_masks(),
         positive_class=config["dataset"]["positive_class"],
     script:
         "../scripts/cam_summary.py"

@@ -91,16 +91,24 @@ def _gpu_slots():
 GPU_JOB_THREADS = max(1, workflow.cores // _gpu_slots())
 
 
+# Stages sharded like the normalization (same images per shard, one job per stain shard).
+SHARDED_LIKE = {"truth": "stain", "patches": "stain"}
+
+
+def _shard_count(stage):
+    return config[SHARDED_LIKE.get(stage, stage)]["shards"]
+
+
 def shard_ids(stage):
     """Shard indices of a sharded stage (its `shards` config key)."""
-    return list(range(config[stage]["shards"]))
+    return list(range(_shard_count(stage)))
 
 
 @cache
 def _shards(stage):
     """`([sorted names of each shard], {name: shard})` of a sharded stage, computed once (the
     input functions of every shard job of a 30,000-image DAG read them)."""
-    groups = shard_groups(SAMPLES, config[stage]["shards"])
+    groups = shard_groups(SAMPLES, _shard_count(stage))
     return groups, {name: k for k, group in enumerate(groups) for name in group}
 
 
@@ -129,22 +137,24 @@ def upstream_shards(stage, upstream):
     return folders
 
 
-def shard_images(stage):
-    """Input function: image paths of the job's shard (the demo folder for the demo)."""
+def shard_files(stage, files, folder):
+    """Input function: the dataset files (`files`: {name: path}) of the job's shard; the
+    demo's whole `folder` for the demo."""
 
-    def images(wildcards):
+    def inputs(wildcards):
         if DEMO:
-            return [dataset_paths()[0]]
-        return [SAMPLE_IMAGES[n] for n in shard_members(stage)(wildcards)]
+            return [folder]
+        return [files[n] for n in shard_members(stage)(wildcards)]
 
-    return images
+    return inputs
 
 
-def shard_image_paths(stage):
-    """Params function: image paths of the job's shard, in the order of `shard_members`."""
+def shard_file_paths(stage, files):
+    """Params function: the dataset files (`files`: {name: path}) of the job's shard, in the
+    order of `shard_members`."""
 
     def paths(wildcards):
-        return [SAMPLE_IMAGES[n] for n in shard_members(stage)(wildcards)]
+        return [files[n] for n in shard_members(stage)(wildcards)]
 
     return paths
 
@@ -167,10 +177,9 @@ def dataset_inputs():
 
 
 def truth_inputs():
-    """What rules that measure against the real masks depend on (none without masks)."""
-    if not HAS_MASKS:
-        return []
-    return [dataset_paths()[2]] if DEMO else [MANIFEST]
+    """What rules that measure against the real masks depend on: the real masks at the
+    working scale (rule truth_masks; none without masks)."""
+    return shard_dirs("truth") if HAS_MASKS else []
 
 
 def sample_files(stage, kind, ext=".png", names=SAMPLES):
@@ -190,15 +199,15 @@ def shard_sample_files(stage, upstream, kind, ext=".png"):
     return files
 
 
-def shard_truth_masks(stage):
-    """Params function: `{name: real mask}` of the job's shard (empty without masks)."""
-
-    def masks(wildcards):
-        if not HAS_MASKS:
-            return {}
-        return {n: SAMPLE_MASKS[n] for n in shard_members(stage)(wildcards)}
-
-    return masks
+def truth_masks(stage=None):
+    """`{name: real mask at the working scale}` (rule truth_masks) of every sample, or a
+    params function giving those of the job's `stage` shard only; empty without masks.
+    """
+    if not HAS_MASKS:
+        return {} if stage is None else (lambda wildcards: {})
+    if stage is None:
+        return sample_files("truth", "masks")
+    return shard_sample_files(stage, "truth", "masks")
 
 
 STAIN_AUTO = config["stain"]["target"] == "auto"
@@ -216,6 +225,28 @@ def classifier_weights():
     """The local weights file when `classifier.weights` names one (not null/none/imagenet)."""
     weights = local_weights_file(config["classifier"]["weights"])
     return [weights] if weights else []
+
+
+TRAIN_ON_PATCHES = config["classifier"]["train_on"] == "patches"
+if TRAIN_ON_PATCHES and config["patches"]["tags"] == "mask" and not HAS_MASKS:
+    raise WorkflowError(
+        "patches.tags is 'mask' but the dataset has no pixel masks: set dataset.masks, or "
+        "use patches.tags: image"
+    )
+
+
+def patch_shards():
+    """The patch folders the classifier trains on (`classifier.train_on: patches`), one per
+    stain shard; none when it trains on whole images."""
+    return shard_dirs("patches") if TRAIN_ON_PATCHES else []
+
+
+def patch_truth(wildcards):
+    """Input function: the job's real masks at the working scale when patches are tagged from
+    them (`patches.tags: mask`)."""
+    if config["patches"]["tags"] != "mask":
+        return []
+    return f"{RESULTS}/truth/shards/{wildcards.shard}"
 
 
 CLASSIFIER_MODEL = f"{RESULTS}/classifier/model.pt"
@@ -271,7 +302,7 @@ def segmentation_target_masks():
     """`{name: mask path}` of the masks train_segmentation learns from."""
     if SEGMENTATION_TARGETS == "pseudo":
         return sample_files("pseudo_masks", "masks")
-    return SAMPLE_MASKS
+    return truth_masks()
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

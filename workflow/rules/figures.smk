@@ -26,7 +26,7 @@ rule figure_examples:
     params:
         images=sample_files("stain", "images"),
         pseudo=sample_files("pseudo_masks", "masks"),
-        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        masks=truth_masks(),
         n_examples=config["predict"]["figure_examples"],
         threshold=config["segmentation"]["threshold"],
     script:

@@ -6,7 +6,7 @@ rule pseudo_masks:
         split=f"{RESULTS}/split/split.csv",
         cams=upstream_shards("pseudo_masks", "cam"),
         stain=upstream_shards("pseudo_masks", "stain"),
-        truth=truth_inputs(),
+        truth=upstream_shards("pseudo_masks", "truth") if HAS_MASKS else [],
     output:
         directory(f"{RESULTS}/pseudo_masks/shards/{{shard}}"),
     log:
@@ -23,7 +23,7 @@ rule pseudo_masks:
         images=shard_sample_files("pseudo_masks", "stain", "images"),
         tissue=shard_sample_files("pseudo_masks", "stain", "tissue"),
         cams=shard_sample_files("pseudo_masks", "cam", "cams", ".npy"),
-        masks=shard_truth_masks("pseudo_masks"),
+        masks=truth_masks("pseudo_masks"),
         positive_class=config["dataset"]["positive_class"],
         refine=config["pseudo_masks"],
     script:
@@ -84,7 +84,7 @@ rule pseudo_mask_figure:
             for step in REFINE_STEPS
         },
         final_step=config["pseudo_masks"]["final_step"],
-        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        masks=truth_masks(),
         n_images=6,
     script:
         "../scripts/pseudo_mask_figure.py"

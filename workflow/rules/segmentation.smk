@@ -78,7 +78,7 @@ rule evaluate_segmentation:
         mem_mb=2000,
     params:
         pseudo=sample_files("pseudo_masks", "masks"),
-        masks=SAMPLE_MASKS if HAS_MASKS else {},
+        masks=truth_masks(),
         threshold=config["segmentation"]["threshold"],
     script:
         "../scripts/evaluate_segmentation.py"

@@ -1,4 +1,5 @@
-"""Macenko stain normalization and tissue masks, in parallel shards, with a QC table."""
+"""Macenko stain normalization and tissue masks, in parallel shards, with a QC table; the real
+masks at the same working scale."""
 
 
 rule stain_target:
@@ -25,7 +26,7 @@ rule stain_target:
 rule normalize_stain:
     input:
         target=f"{RESULTS}/stain/target.json",
-        images=shard_images("stain"),
+        images=shard_files("stain", SAMPLE_IMAGES, dataset_paths()[0]),
     output:
         directory(f"{RESULTS}/stain/shards/{{shard}}"),
     log:
@@ -39,7 +40,7 @@ rule normalize_stain:
         mem_mb=2000,
     params:
         names=shard_members("stain"),
-        images=shard_image_paths("stain"),
+        images=shard_file_paths("stain", SAMPLE_IMAGES),
         stain=config["stain"],
     script:
         "../scripts/normalize_stain.py"
@@ -63,3 +64,23 @@ rule stain_qc:
         mem_mb=1000,
     script:
         "../scripts/stain_qc.py"
+
+
+rule truth_masks:
+    input:
+        masks=shard_files("truth", SAMPLE_MASKS, dataset_paths()[2]),
+    output:
+        directory(f"{RESULTS}/truth/shards/{{shard}}"),
+    log:
+        f"{RESULTS}/logs/truth_masks/{{shard}}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        names=shard_members("truth"),
+        masks=shard_file_paths("truth", SAMPLE_MASKS),
+        scale=config["stain"]["scale"],
+    script:
+        "../scripts/truth_masks.py"

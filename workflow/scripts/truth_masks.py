@@ -1,0 +1,11 @@
+"""Write one shard of real masks at the working scale (`stain.scale`)."""
+
+from histo_wsss.io import atomic_dir
+from histo_wsss.logs import job_log
+from histo_wsss.stain import scale_masks
+
+with job_log(snakemake.log[0]) as log:
+    p = snakemake.params
+    with atomic_dir(snakemake.output[0]) as out:
+        scale_masks(p.names, p.masks, out, p.scale)
+    log.info("%d real masks at scale %s", len(p.names), p.scale)
