@@ -5,6 +5,7 @@ rule train_classifier:
     input:
         split=f"{RESULTS}/split/split.csv",
         stain=shard_dirs("stain"),
+        patches=patch_shards(),
         weights=classifier_weights(),
     output:
         model=CLASSIFIER_MODEL,

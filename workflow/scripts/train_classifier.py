@@ -1,5 +1,9 @@
-"""Train the image-level classifier on the train split, selecting on the val split."""
+"""Train the image-level classifier on the train split (whole images, or their patches with
+`classifier.train_on: patches`), selecting on the val split."""
 
+from pathlib import Path
+
+import pandas as pd
 import torch
 
 from histo_wsss.classifier import train
@@ -9,18 +13,30 @@ from histo_wsss.splits import read_split
 
 with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
-    split = read_split(snakemake.input.split, snakemake.params.positive_class)
-    images = snakemake.params.images
+    cfg = dict(snakemake.params.classifier)
+    if cfg.pop("train_on") == "patches":
+        table = pd.concat(
+            pd.read_csv(Path(d) / "patches.csv", dtype={"name": str}).assign(folder=d)
+            for d in snakemake.input.patches
+        )
+        paths = [
+            str(Path(d) / "images" / f"{n}.png")
+            for d, n in zip(table["folder"], table["name"], strict=True)
+        ]
+        table = table.assign(path=paths).sort_values("name", kind="stable")
+    else:
+        table = read_split(snakemake.input.split, snakemake.params.positive_class)
+        table["path"] = [snakemake.params.images[n] for n in table["name"]]
     items = {
-        part: [(images[n], p) for n, p in zip(rows["name"], rows["positive"], strict=True)]
-        for part, rows in split.groupby("split")
+        part: list(zip(rows["path"], rows["positive"], strict=True))
+        for part, rows in table.groupby("split")
     }
+    log.info(
+        "training on %s: %s",
+        "patches" if snakemake.input.patches else "whole images",
+        {part: len(rows) for part, rows in items.items()},
+    )
     best = train(
-        items["train"],
-        items["val"],
-        snakemake.params.classifier,
-        snakemake.output.model,
-        snakemake.output.metrics,
-        log=log,
+        items["train"], items["val"], cfg, snakemake.output.model, snakemake.output.metrics, log=log
     )
     log.info("best epoch: %s", best)
