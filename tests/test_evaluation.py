@@ -140,6 +140,18 @@ def test_positive_mean_differs_from_pooled(rows):
     assert pos["iou"] != pytest.approx(pooled["iou"])
 
 
+def test_all_positive_baseline_and_two_class_miou(rows):
+    val = summarize(evaluate_images(rows))["val"]
+    # every pixel of A (pseudo-mask 4 of 16 px) and D (1 of 16) predicted positive
+    baseline = val["pseudo"]["all_positive_baseline"]
+    assert baseline["iou"] == pytest.approx((4 / 16 + 1 / 16) / 2)
+    assert baseline["dice"] == pytest.approx((2 * 4 / 20 + 2 * 1 / 17) / 2)
+    # pooled tp 2, fp 4, fn 3, tn 55: background IoU 55 / 62, mIoU over the two classes
+    pooled = val["pseudo"]["pooled"]
+    assert pooled["background_iou"] == pytest.approx(55 / 62)
+    assert pooled["miou"] == pytest.approx((2 / 9 + 55 / 62) / 2)
+
+
 def test_negative_false_positive_rate_and_area(rows):
     val = summarize(evaluate_images(rows))["val"]
     assert (val["n_images"], val["n_positive"], val["n_negative"]) == (4, 2, 2)

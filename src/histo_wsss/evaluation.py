@@ -44,11 +44,16 @@ Images are *positive* when their image label is 1, *negative* when it is 0.
     whose reference mask is empty anyway (their IoU is 1 for an empty prediction and 0
     otherwise). Unlike the paper's code there is no tissue mask, no small-region removal and no
     ``1e-6`` in the IoU denominator here. ``None`` values when the split has no positive image;
+  - ``all_positive_baseline``: the ``iou`` and ``dice`` that predicting every pixel of every
+    positive image positive would score as ``positive_mean`` (per image: the reference's share
+    of the image, and 2 share / (1 + share)). A network must beat it to have learned where the
+    class is, not only that it is there;
   - ``pooled``: "micro" scores over ALL images of the split (positives and negatives) from the
     summed counts ``tp``, ``fp``, ``fn``, ``tn`` (also given), via
     :func:`histo_wsss.metrics.scores_from_counts`. Negatives add their false positives to the
     denominators, so a network that marks negative images is penalised here but not in
-    ``positive_mean``.
+    ``positive_mean``. Also ``background_iou`` (tn / (tn + fp + fn)) and ``miou``, the mean of
+    the two classes' IoU: the field's mIoU (e.g. GlaS gland vs background).
 
 Every number is a plain Python ``int``/``float``; NaN becomes ``None``.
 """
@@ -201,12 +206,22 @@ def _reference_summary(part: pd.DataFrame, ref: str) -> dict:
     part = part[part[f"{ref}_tp"].notna()]
     pos = part[part["label"] == 1]
     totals = {c: int(part[f"{ref}_{c}"].sum()) for c in COUNTS}
+    tp, fp, fn, tn = totals.values()
+    background_iou = tn / (tn + fp + fn) if tn + fp + fn else 1.0
+    pooled = scores_from_counts(tp, fp, fn, tn)
+    share = (pos[f"{ref}_tp"] + pos[f"{ref}_fn"]) / pos["n_pixels"]
     return {
         "n_images": len(part),
         "n_positive": len(pos),
         "n_positive_empty_reference": int(((pos[f"{ref}_tp"] + pos[f"{ref}_fn"]) == 0).sum()),
         "positive_mean": {m: _mean(pos[f"{ref}_{m}"]) for m in METRICS},
-        "pooled": {**scores_from_counts(*totals.values()), **totals},
+        "all_positive_baseline": {"iou": _mean(share), "dice": _mean(2 * share / (1 + share))},
+        "pooled": {
+            **pooled,
+            "background_iou": background_iou,
+            "miou": (pooled["iou"] + background_iou) / 2,
+            **totals,
+        },
     }
 
 

@@ -328,6 +328,9 @@ METRICS_TABLE_COLUMNS = {
     "truth_iou_pooled": "IoU vs ground truth (pooled, all images)",
     "pseudo_dice_pooled": "Dice vs pseudo-mask (pooled, all images)",
     "truth_dice_pooled": "Dice vs ground truth (pooled, all images)",
+    "truth_miou_pooled": "mIoU vs ground truth (class and background, pooled)",
+    "truth_iou_all_positive_baseline": "IoU vs ground truth if every pixel were positive "
+    "(mean over positives)",
     "head_accuracy": "head accuracy (p ≥ 0.5)",
     "head_auc": "head ROC AUC",
     "negative_fp_rate": "negatives with any predicted pixel",
