@@ -345,3 +345,14 @@ def test_save_cams_writes_float16_maps_at_each_images_size(tmp_path):
         write_png(tmp_path / f"m{row.name}.png", mask)
         masks[row.name] = str(tmp_path / f"m{row.name}.png")
     assert peak_hits(peaks, masks).tolist() == [True, False, True]
+    # the maps of several stages are averaged: layer3 + layer4 differs from layer4 alone, and
+    # naming layer4 is the default
+    named = save_cams(model, items[2:], tmp_path / "l4", {**cfg, "layers": ["layer4"]}, "cpu")
+    assert np.array_equal(np.load(tmp_path / "l4" / "c.npy"), np.load(tmp_path / "cams" / "c.npy"))
+    assert named.iloc[0].to_dict() == peaks.iloc[2].to_dict()
+    save_cams(model, items[2:], tmp_path / "l34", {**cfg, "layers": ["layer3", "layer4"]}, "cpu")
+    assert not np.array_equal(
+        np.load(tmp_path / "l34" / "c.npy"), np.load(tmp_path / "cams" / "c.npy")
+    )
+    with pytest.raises(ValueError, match="unknown ResNet stage 'fc'"):
+        save_cams(model, items[2:], tmp_path / "fc", {**cfg, "layers": ["fc"]}, "cpu")

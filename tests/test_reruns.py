@@ -112,14 +112,16 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
     snakemake(tmp_path, "--cores", "2", config=config)
     assert planned_jobs(tmp_path, config) == {}
 
-    # A mask changed in place (a newer time) reruns the manifest and what reads the masks; the
-    # normalization does not read them. Its old time back, nothing is to be done again.
+    # A mask changed in place (a newer time) reruns the manifest, its shard of the masks at the
+    # working scale and what reads the masks; the normalization and the classifier do not read
+    # them. Its old time back, nothing is to be done again.
     mask = data / "masks" / f"{Path(labels['Image Name'].iloc[0]).stem}.png"
     times = (mask.stat().st_atime_ns, mask.stat().st_mtime_ns)
     os.utime(mask, ns=(times[0], times[1] + 10**9))
     touched = planned_jobs(tmp_path, config)
     assert touched["dataset_manifest"] == 1 and "pseudo_masks" in touched
-    assert "normalize_stain" not in touched
+    assert touched["truth_masks"] == 1
+    assert "normalize_stain" not in touched and "train_classifier" not in touched
     os.utime(mask, ns=times)
     assert planned_jobs(tmp_path, config) == {}
 
@@ -127,6 +129,7 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
     shutil.copy(data / "images" / added["Image Name"], new_images / "another.png")
     jobs = planned_jobs(tmp_path, config)
     assert jobs.pop("normalize_stain") == 1  # of 4: the shard of the added image only
+    assert jobs.pop("truth_masks") == 1  # and of its mask
     assert "stain_target" not in jobs
     assert jobs.pop("predict_new") == 1
     retrained = {

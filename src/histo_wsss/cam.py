@@ -81,6 +81,7 @@ __all__ = [
     "BinaryLogitTarget",
     "SmoothGradCAMPlusPlus",
     "compute_cams",
+    "RESNET_LAYERS",
     "resnet_target_layer",
 ]
 
@@ -227,14 +228,20 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         return np.sum(np.maximum(d1, 0) * aij, axis=spatial_axes)
 
 
-def resnet_target_layer(model: nn.Module) -> nn.Module:
-    """The last residual block of a torchvision ResNet (``model.layer4[-1]``)."""
-    layer4 = getattr(model, "layer4", None)
-    if layer4 is None:
+RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def resnet_target_layer(model: nn.Module, name: str = "layer4") -> nn.Module:
+    """The last residual block of stage ``name`` of a torchvision ResNet (by default
+    ``model.layer4[-1]``, the paper's; ``layer3`` maps at twice the resolution)."""
+    if name not in RESNET_LAYERS:
+        raise ValueError(f"unknown ResNet stage {name!r}; choose from {RESNET_LAYERS}")
+    stage = getattr(model, name, None)
+    if stage is None:
         raise ValueError(
-            f"{type(model).__name__} has no attribute 'layer4': not a torchvision ResNet"
+            f"{type(model).__name__} has no attribute '{name}': not a torchvision ResNet"
         )
-    return layer4[-1]
+    return stage[-1]
 
 
 def _minmax(maps: np.ndarray) -> np.ndarray:
@@ -348,12 +355,13 @@ def save_cams(
 ) -> pd.DataFrame:
     """CAMs of ``(name, image path, label)`` items for their label, saved as float16 ``.npy``.
 
-    ``cfg`` is the ``cam`` config section. Every image is read and mapped at its own size
+    ``cfg`` is the ``cam`` config section (``layers``: the ResNet stages whose maps are
+    averaged, ``["layer4"]`` when absent). Every image is read and mapped at its own size
     (consecutive images of one size share a batch of up to ``cfg["batch_size"]``); its CAM has
     the image's size. Returns one row per image: name, label and the peak's row and column.
     """
     model.to(device).eval()
-    layer = resnet_target_layer(model)
+    layers = [resnet_target_layer(model, name) for name in cfg.get("layers", ["layer4"])]
     out_dir = Path(out_dir)
     rows = []
     with tqdm(total=len(items), desc="cams", unit="img") as bar:
@@ -362,7 +370,7 @@ def save_cams(
             names, images, labels = zip(*batch, strict=True)
             maps = compute_cams(
                 model,
-                layer,
+                layers,
                 preprocess(np.stack(images)),
                 labels,
                 method=cfg["method"],
