@@ -13,7 +13,7 @@ from PIL import Image
 from snakemake.utils import validate
 from workflow_runner import REPO, snakemake
 
-from histo_wsss.io import read_mask, write_png
+from histo_wsss.io import read_mask, scaled_size, write_png
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 MHIST = REPO / "config" / "mhist.yaml"
@@ -29,6 +29,11 @@ MHIST_HEADER = [
 
 def _load(path):
     return yaml.safe_load(Path(path).read_text())
+
+
+def config_shards(preset: Path) -> int:
+    """The preset's stain shards (the real masks at the working scale are sharded alike)."""
+    return _load(preset)["stain"]["shards"]
 
 
 def _job_inputs(dry_run: str, rule: str) -> str:
@@ -66,6 +71,9 @@ def test_mhist_preset_holds_the_papers_values():
     assert c["dataset"]["classes"] == ["HP", "SSA"] and c["dataset"]["positive_class"] == "SSA"
     assert c["split"]["val_fraction"] == 0.2  # 80/20, stratified
     assert c["stain"]["target"] == "auto"  # Macenko + tissue masking
+    assert c["stain"]["scale"] == 1  # the images as they are
+    assert c["cam"]["layers"] == ["layer4"]  # the last convolutional block
+    assert c["classifier"]["train_on"] == "images"
     clf = c["classifier"]
     assert (clf["arch"], clf["weights"], clf["crop_size"]) == ("resnet101", "imagenet", None)
     assert (clf["epochs"], clf["batch_size"], clf["lr"], clf["weight_decay"]) == (
@@ -150,7 +158,8 @@ def test_ground_truth_targets_without_masks_fail_at_dag_build(mhist_like):
 def test_ground_truth_targets_train_on_the_real_masks(tmp_path):
     out = snakemake(tmp_path, "-n", config={"segmentation": {"targets": "ground_truth"}}).stdout
     inputs = _job_inputs(out, "train_segmentation")
-    assert "results/demo/masks" in inputs and "pseudo_masks" not in inputs
+    # the real masks at the working scale, made from the demo's masks by rule truth_masks
+    assert "results/truth/shards/0" in inputs and "pseudo_masks" not in inputs
     out = snakemake(tmp_path, "-n").stdout
     assert "pseudo_masks/shards/0" in _job_inputs(out, "train_segmentation")
 
@@ -203,7 +212,9 @@ def test_glas_runs_every_stage_at_each_images_size(glas_run):
         ("test", "benign"): 1, ("test", "malignant"): 1, ("train", "benign"): 2,
         ("train", "malignant"): 2, ("val", "benign"): 1, ("val", "malignant"): 1,
     }  # fmt: skip
-    sizes = {n: _size(GLAS_DATA / "images" / f"{n}.png") for n in split["name"]}
+    # every stage works at the preset's working resolution, the real masks too
+    scale = _load(GLAS)["stain"]["scale"]
+    sizes = {n: scaled_size(_size(GLAS_DATA / "images" / f"{n}.png"), scale) for n in split["name"]}
     assert len(set(sizes.values())) == 4
 
     def files(stage, kind, ext):
@@ -214,6 +225,7 @@ def test_glas_runs_every_stage_at_each_images_size(glas_run):
         ("stain", "tissue", ".png"),
         ("cam", "cams", ".npy"),
         ("pseudo_masks", "masks", ".png"),
+        ("truth", "masks", ".png"),
     ]:
         found = files(stage, kind, ext)
         assert sorted(found) == sorted(sizes), (stage, kind)
@@ -252,7 +264,12 @@ def test_glas_ground_truth_targets_rerun_only_the_segmentation(glas_run):
     assert {"train_segmentation", "predict", "evaluate_segmentation"} <= jobs
     assert not jobs & {"train_classifier", "cams", "pseudo_masks", "normalize_stain"}
     inputs = _job_inputs(out, "train_segmentation")
-    # a folder dataset's masks reach the rules through its manifest, which lists each of them
-    assert "results/glas/data/manifest.csv" in inputs and "pseudo_masks" not in inputs
+    # the real masks at the working scale (rule truth_masks, which reads each mask file) ...
+    assert "results/glas/truth/shards/0" in inputs and "pseudo_masks" not in inputs
+    truth = [f"results/glas/truth/shards/{k}" for k in range(config_shards(GLAS))]
+    plan = snakemake(workdir, "-n", "-f", *truth, config=upper_bound, base=GLAS).stdout
+    read = re.findall(r"^rule truth_masks:\n    input: (.*)$", plan, re.MULTILINE)
+    assert f"{GLAS_DATA}/masks/train_1.png" in ", ".join(read).split(", ")
+    # ... and the manifest lists each of them
     manifest = pd.read_csv(workdir / "results" / "glas" / "data" / "manifest.csv")
     assert f"{GLAS_DATA}/masks/train_1.png" in set(manifest["mask"])
