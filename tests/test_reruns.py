@@ -154,12 +154,11 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
 
 
 def _killed_mid_job(workdir: Path, target: str, temporary: str) -> None:
-    """Start snakemake to rerun ``target`` and kill -9 it and its jobs once ``temporary`` (a
+    """Start snakemake to make ``target`` and kill -9 it and its jobs once ``temporary`` (a
     glob under ``workdir``) exists: mid-job, as a crash or an out-of-memory kill would."""
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--configfile"]
-    cmd += [str(REPO / "config" / "config.yaml"), "test_config.yaml", "--cores", "2"]
-    cmd += ["--forcerun", target.split("/")[1], target]
-    job = subprocess.Popen(cmd, cwd=workdir, start_new_session=True, stdout=subprocess.DEVNULL)
+    cmd += [str(REPO / "config" / "config.yaml"), "test_config.yaml", "--cores", "2", target]
+    job = subprocess.Popen(cmd, cwd=workdir, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(workdir.glob(temporary)):
         assert job.poll() is None and time.monotonic() < deadline, "no job to kill"
@@ -169,18 +168,24 @@ def _killed_mid_job(workdir: Path, target: str, temporary: str) -> None:
 
 
 def test_a_run_killed_mid_job_resumes_after_unlock_and_leaves_no_temporaries(tiny_run, tmp_path):
+    """A CAM shard of the tiny run made again, killed while it is being written."""
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
-    cams = workdir / "results" / "cam" / "shards"
-    _killed_mid_job(workdir, "results/cam/summary.json", "results/cam/shards/.*")
-    assert [p.name for p in cams.iterdir() if p.name.startswith(".")]  # the killed job's
+    shards = workdir / "results" / "cam" / "shards"
+    shutil.rmtree(shards / "0")
+    (workdir / "results" / "cam" / "summary.json").unlink()
+    target = "results/cam/summary.json"
+    _killed_mid_job(workdir, target, "results/cam/shards/.0.*")
+    assert [p.name for p in shards.iterdir() if p.name.startswith(".")]  # the killed job's
 
-    again = snakemake(workdir, "--cores", "2", "results/cam/summary.json", check=False)
+    again = snakemake(workdir, "--cores", "2", target, check=False)
     assert again.returncode != 0 and "LockException" in again.stdout + again.stderr
     snakemake(workdir, "--unlock")
-    snakemake(workdir, "--cores", "2", "results/cam/summary.json")
-    assert sorted(p.name for p in cams.iterdir()) == ["0", "1"]
-    for cam in sorted((tiny_run / "results" / "cam" / "shards").rglob("*.npy")):
+    snakemake(workdir, "--cores", "2", target)
+    assert sorted(p.name for p in shards.iterdir()) == ["0", "1"]
+    made = sorted((tiny_run / "results" / "cam").rglob("*.npy"))
+    assert len(made) == 24
+    for cam in made:
         rel = cam.relative_to(tiny_run)
         assert (workdir / rel).read_bytes() == cam.read_bytes(), rel
 
