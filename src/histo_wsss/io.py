@@ -29,6 +29,19 @@ def _umask() -> int:
     return mask
 
 
+def unwritable_folders(folder: str | os.PathLike, depth: int) -> list[Path]:
+    """``folder`` and its subfolders down to ``depth`` levels below it that this process may
+    not write into (none when ``folder`` does not exist yet), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [] if os.access(folder, os.W_OK | os.X_OK) else [folder]
+    if depth > 0 and os.access(folder, os.R_OK | os.X_OK):
+        for sub in sorted(folder.iterdir()):
+            found += unwritable_folders(sub, depth - 1)
+    return found
+
+
 @cache
 def _hidden_names(folder: Path) -> tuple[str, ...]:
     """Names starting with ``.`` in ``folder`` when this process first writes there (listed
@@ -91,19 +104,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def unwritable_folders(folder: str | os.PathLike, depth: int) -> list[Path]:
-    """``folder`` and its subfolders down to ``depth`` levels below it that this process may
-    not write into (none when ``folder`` does not exist yet), sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [] if os.access(folder, os.W_OK | os.X_OK) else [folder]
-    if depth > 0 and os.access(folder, os.R_OK | os.X_OK):
-        for sub in sorted(folder.iterdir()):
-            found += unwritable_folders(sub, depth - 1)
-    return found
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
