@@ -26,12 +26,20 @@ def _image(path, mode="RGB", size=(16, 12)):
     Image.fromarray(data.squeeze(), mode=None).convert(mode).save(path)
 
 
+def _mask(path, size=(16, 12), values=(0, 255)):
+    """A mask of ``size`` whose pixels take each of ``values`` in turn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.resize(np.array(values, np.uint8), size[0] * size[1]).reshape(size[1], size[0])
+    Image.fromarray(pixels).save(path)
+
+
 def _dataset(tmp_path, rows, masks=False):
-    """Write a labels CSV of ``rows`` = (name, label, partition); create RGB images for them."""
+    """Write a labels CSV of ``rows`` = (name, label, partition); create RGB images for them
+    (and 0/255 masks)."""
     for name, *_ in rows:
         _image(tmp_path / "images" / name)
         if masks:
-            _image(tmp_path / "masks" / name, mode="L")
+            _mask(tmp_path / "masks" / name)
     table = pd.DataFrame([(n, label, 3, p) for n, label, p in rows], columns=HEADER)
     table.to_csv(tmp_path / "labels.csv", index=False)
     return DatasetSpec(
@@ -43,14 +51,21 @@ def _dataset(tmp_path, rows, masks=False):
     )
 
 
-GOOD = [("b.png", "HP", "train"), ("a.png", "SSA", "test"), ("c.png", "SSA", "train")]
+GOOD = [
+    ("b.png", "HP", "train"),
+    ("a.png", "SSA", "test"),
+    ("c.png", "SSA", "train"),
+    ("d.png", "HP", "train"),
+    ("e.png", "SSA", "train"),
+]
+NAMES = ["a", "b", "c", "d", "e"]
 
 
 def test_valid_dataset_is_read_sorted_with_positive_flag(tmp_path):
     table = load_labels(_dataset(tmp_path, GOOD, masks=True))
-    assert list(table["name"]) == ["a", "b", "c"]
-    assert list(table["positive"]) == [1, 0, 1]
-    assert list(table["partition"]) == ["test", "train", "train"]
+    assert list(table["name"]) == NAMES
+    assert list(table["positive"]) == [1, 0, 1, 0, 1]
+    assert list(table["partition"]) == ["test", "train", "train", "train", "train"]
     assert table["mask"].iloc[0].endswith("masks/a.png")
 
 
@@ -76,16 +91,16 @@ def test_missing_image_file(tmp_path):
 def test_duplicate_names(tmp_path):
     msg = _error(_dataset(tmp_path, [*GOOD, ("a.png", "HP", "train")]))
     assert "row 3 ('a.png'): duplicate image name" in msg
-    assert "row 5 ('a.png'): duplicate image name" in msg
+    assert "row 7 ('a.png'): duplicate image name" in msg
 
 
 def test_unknown_label(tmp_path):
-    msg = _error(_dataset(tmp_path, [*GOOD, ("d.png", "TA", "train")]))
-    assert "row 5 ('d.png'): unknown label 'TA'" in msg
+    msg = _error(_dataset(tmp_path, [*GOOD, ("f.png", "TA", "train")]))
+    assert "row 7 ('f.png'): unknown label 'TA'" in msg
 
 
 def test_unknown_partition(tmp_path):
-    msg = _error(_dataset(tmp_path, [*GOOD, ("d.png", "HP", "validation")]))
+    msg = _error(_dataset(tmp_path, [*GOOD, ("f.png", "HP", "validation")]))
     assert "unknown partition 'validation'" in msg
 
 
@@ -101,7 +116,7 @@ def test_an_image_whose_extension_names_another_format_is_still_read(tmp_path):
     rgb = Image.open(tmp_path / "images" / "a.png")
     rgb.save(tmp_path / "images" / "a.png", format="JPEG")  # a JPEG named .png
     assert Image.open(tmp_path / "images" / "a.png").format == "JPEG"
-    assert list(load_labels(spec)["name"]) == ["a", "b", "c"]
+    assert list(load_labels(spec)["name"]) == NAMES
     rgb.resize((8, 8)).save(tmp_path / "images" / "a.png", format="JPEG")
     assert "mask" in _error(spec) and "is 16x12 px but the image is 8x8 px" in _error(spec)
 
@@ -116,7 +131,7 @@ def test_non_rgb_image(tmp_path, mode):
 def test_missing_and_mis_sized_masks(tmp_path):
     spec = _dataset(tmp_path, GOOD, masks=True)
     (tmp_path / "masks" / "a.png").unlink()
-    _image(tmp_path / "masks" / "b.png", mode="L", size=(8, 8))
+    _mask(tmp_path / "masks" / "b.png", size=(8, 8))
     msg = _error(spec)
     assert "mask file not found" in msg and "is 8x8 px but the image is 16x12 px" in msg
 
@@ -128,9 +143,88 @@ def test_missing_column(tmp_path):
 
 
 def test_positive_class_must_be_a_class(tmp_path):
+    with pytest.raises(DatasetError, match=r"positive_class 'TA' is not one of classes"):
+        DatasetSpec(tmp_path / "images", tmp_path / "labels.csv", ("HP", "SSA"), "TA")
+
+
+def test_empty_labels_file(tmp_path):
     spec = _dataset(tmp_path, GOOD)
-    spec = DatasetSpec(spec.images, spec.labels, ("HP", "SSA"), "TA")
-    assert "positive_class 'TA'" in _error(spec)
+    spec.labels.write_bytes(b"")
+    assert _error(spec) == (
+        f"{spec.labels}: the file is empty; expected a CSV with the columns "
+        "['Image Name', 'Majority Vote Label']"
+    )
+
+
+@pytest.mark.parametrize("name", ["x{1}.png", "x}.png"])
+def test_a_name_snakemake_cannot_carry_in_a_path(tmp_path, name):
+    msg = _error(_dataset(tmp_path, [*GOOD, (name, "HP", "train")]))
+    assert f"row 7 ({name!r}): image name holds '{{' or '}}', which Snakemake cannot carry" in msg
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "image_format"), [(_truncate, "PNG"), (_flip_a_byte, "PNG"), (_truncate, "JPEG")]
+)
+def test_truncated_or_corrupt_image_or_mask(tmp_path, damage, image_format):
+    spec = _dataset(tmp_path, GOOD, masks=True)
+    Image.open(tmp_path / "images" / "b.png").resize((64, 64)).save(
+        tmp_path / "images" / "b.png", format=image_format
+    )
+    _mask(tmp_path / "masks" / "b.png", size=(64, 64))
+    damage(tmp_path / "images" / "b.png")
+    _image(tmp_path / "images" / "c.png", size=(64, 64))
+    _image(tmp_path / "masks" / "c.png", mode="L", size=(64, 64))
+    damage(tmp_path / "masks" / "c.png")
+    msg = _error(spec)
+    assert "2 problem(s)" in msg
+    assert f"row 2 ('b.png'): unreadable image {tmp_path}/images/b.png: " in msg
+    assert f"row 4 ('c.png'): unreadable mask {tmp_path}/masks/c.png: " in msg
+
+
+@pytest.mark.parametrize("values", [(0,), (0, 255), (0, 1), (7,)])
+def test_masks_of_0_and_one_positive_value_pass(tmp_path, values):
+    spec = _dataset(tmp_path, GOOD, masks=True)
+    _mask(tmp_path / "masks" / "a.png", values=values)
+    assert list(load_labels(spec)["name"]) == NAMES
+
+
+def test_a_mask_with_stray_values_names_the_file_and_values(tmp_path):
+    spec = _dataset(tmp_path, GOOD, masks=True)
+    _mask(tmp_path / "masks" / "a.png", values=(0, 1, 2, 255, 0))  # JPEG-like noise near 0
+    _mask(tmp_path / "masks" / "b.png", values=range(0, 240, 16))
+    msg = _error(spec)
+    assert (
+        f"row 3 ('a.png'): mask {tmp_path}/masks/a.png has values 1, 2 besides [0, 255]: "
+        "a mask holds 0 and one positive value" in msg
+    )
+    assert (
+        "has values 16, 32, 48, 64, 80, 96, 112, 128, 144, 160 and 3 more besides [0, 224]" in msg
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "scarce"),
+    [
+        ([(n, "SSA", "train") for n in ("a.png", "b.png", "c.png")], "'HP' has 0"),
+        ([*GOOD[:3], ("d.png", "HP", "test")], "'HP' has 1 and 'SSA' has 1"),
+    ],
+)
+def test_a_class_without_training_images_is_rejected(tmp_path, rows, scarce):
+    msg = _error(_dataset(tmp_path, rows))
+    assert msg == (
+        f"{tmp_path}/labels.csv: each class needs at least 2 images outside Partition = test "
+        f"(to train and to validate the classifier on), but class {scarce}"
+    )
 
 
 def test_error_lists_first_20_rows_and_the_count(tmp_path):
@@ -166,13 +260,13 @@ def test_files_unchanged_since_the_manifest_are_not_opened_again(tmp_path, masks
     spec = _dataset(tmp_path, GOOD, masks=masks)
     _write_manifest(spec, tmp_path / "manifest.csv")
     checked = manifest_keys(tmp_path / "manifest.csv")
-    assert len(checked) == 3
+    assert len(checked) == 5
     # Unreadable now, but with the size and time the manifest recorded: trusted, not opened.
     image = tmp_path / "images" / "b.png"
     times = (image.stat().st_atime_ns, image.stat().st_mtime_ns)
     image.write_bytes(b"x" * image.stat().st_size)
     os.utime(image, ns=times)
-    assert list(load_labels(spec, checked)["name"]) == ["a", "b", "c"]
+    assert list(load_labels(spec, checked)["name"]) == NAMES
     assert "row 2 ('b.png'): unreadable image" in _error(spec)  # without the manifest
     # A file changed since (another time) is checked again.
     os.utime(image, ns=(times[0], times[1] + 10**9))

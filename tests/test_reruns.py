@@ -3,12 +3,15 @@
 import os
 import re
 import shutil
+import signal
+import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_runner import REPO, TINY, planned_jobs, snakemake
+from workflow_runner import REPO, SNAKEMAKE, TINY, planned_jobs, snakemake
 
 from histo_wsss.shards import shard_of
 
@@ -150,6 +153,47 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
 
 
 # --------------------------------------------------------------------------------------------
+# Resuming after a crash
+
+
+def _killed_mid_job(workdir: Path, target: str, temporary: str) -> None:
+    """Start snakemake to make ``target`` and kill -9 it and its jobs once ``temporary`` (a
+    glob under ``workdir``) exists: mid-job, as a crash or an out-of-memory kill would."""
+    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--configfile"]
+    cmd += [str(REPO / "config" / "config.yaml"), "test_config.yaml", "--cores", "2", target]
+    job = subprocess.Popen(cmd, cwd=workdir, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(workdir.glob(temporary)):
+        assert job.poll() is None and time.monotonic() < deadline, "no job to kill"
+        time.sleep(0.1)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+
+
+def test_a_run_killed_mid_job_resumes_after_unlock_and_leaves_no_temporaries(tiny_run, tmp_path):
+    """A CAM shard of the tiny run made again, killed while it is being written."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    shards = workdir / "results" / "cam" / "shards"
+    shutil.rmtree(shards / "0")
+    (workdir / "results" / "cam" / "summary.json").unlink()
+    target = "results/cam/summary.json"
+    _killed_mid_job(workdir, target, "results/cam/shards/.0.*")
+    assert [p.name for p in shards.iterdir() if p.name.startswith(".")]  # the killed job's
+
+    again = snakemake(workdir, "--cores", "2", target, check=False)
+    assert again.returncode != 0 and "LockException" in again.stdout + again.stderr
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "--cores", "2", target)
+    assert sorted(p.name for p in shards.iterdir()) == ["0", "1"]
+    made = sorted((tiny_run / "results" / "cam").rglob("*.npy"))
+    assert len(made) == 24
+    for cam in made:
+        rel = cam.relative_to(tiny_run)
+        assert (workdir / rel).read_bytes() == cam.read_bytes(), rel
+
+
+# --------------------------------------------------------------------------------------------
 # GPU tagging
 
 MODEL_CALL = re.compile(r"\b(train|load_checkpoint)\(")
@@ -205,7 +249,8 @@ def _job_spans(logs: Path) -> dict[str, tuple[datetime, datetime]]:
         times = [
             datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in (lines[0], lines[-1])
         ]
-        assert lines[0].endswith("job started") and lines[-1].endswith("job finished"), path
+        assert "job started (histo_wsss from" in lines[0], path
+        assert lines[-1].endswith("job finished"), path
         spans[path.relative_to(logs).with_suffix("").as_posix()] = tuple(times)
     return spans
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from workflow_runner import TINY, snakemake
+from workflow_runner import REPO, TINY, snakemake
 
 from histo_wsss.io import read_mask, read_rgb
 
@@ -111,6 +111,14 @@ def test_segmentation_predictions_evaluation_figures_and_report(run):
     assert "error_maps.png" in html and "pseudo_mask_steps.png" in html
 
 
+def test_the_segmentation_checkpoint_holds_no_path_of_the_run_folder(run):
+    import torch
+
+    config = torch.load(run / "results" / "segmentation" / "model.pt", weights_only=True)["config"]
+    assert config["encoder_weights"] == "model.pt"  # the classifier's checkpoint, by name
+    assert "results" not in repr(config) and str(run) not in repr(config)
+
+
 def test_a_deleted_figure_comes_back_byte_identical(run):
     figure = run / "results" / "figures" / "error_maps.png"
     before = figure.read_bytes()
@@ -170,6 +178,18 @@ def test_bad_dataset_fails_at_dag_build_listing_the_rows(run, tmp_path):
     assert "row 4 ('demo_0002.png'): unknown label 'tumour'" in message
     assert "row 7 ('missing.png'): image file not found" in message
     assert not (tmp_path / "results").exists()
+
+
+def test_jobs_import_the_library_of_the_checkout_they_run_from(tmp_path):
+    """A second copy of the repository run with this environment, whose installed histo_wsss
+    is this checkout's: the jobs import the copy's library, not the installed one."""
+    clone = tmp_path / "clone"
+    ignored = (".*", "results", "*.egg-info", "__pycache__", "benchmarks", "docs")
+    shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(*ignored))
+    snakemake(tmp_path / "run", "--cores", "1", "results/split/split.csv", repo=clone)
+    for job in ("demo_dataset", "split"):
+        log = (tmp_path / "run" / "results" / "logs" / f"{job}.log").read_text()
+        assert f"job started (histo_wsss from {clone}/src/histo_wsss)" in log.splitlines()[0]
 
 
 def test_an_encoder_unlike_the_classifier_fails_at_dag_build(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -26,22 +27,34 @@ TINY = {
 }
 
 
+def unprivileged() -> list[str]:
+    """A command prefix under which folder permissions apply: root (whom none stops otherwise)
+    loses the capability to override them (util-linux's setpriv); nothing for other users."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--bounding-set", "-dac_override", "--inh-caps", "-dac_override"]
+
+
 def snakemake(
     workdir: Path,
     *args: str,
     config: dict | None = None,
     check: bool = True,
     base: Path = REPO / "config" / "config.yaml",
+    repo: Path = REPO,
+    prefix: Sequence[str] = (),
 ):
-    """Run snakemake on the repo's Snakefile in ``workdir`` with the ``base`` config file (the
-    demo's by default) + ``config``."""
+    """Run snakemake on the Snakefile of ``repo`` (this checkout by default) in ``workdir`` with
+    the ``base`` config file (the demo's by default) + ``config``, under the command
+    ``prefix``."""
     workdir.mkdir(parents=True, exist_ok=True)
     override = workdir / "test_config.yaml"
     override.write_text(yaml.safe_dump(config if config is not None else TINY))
     cmd = [
+        *prefix,
         str(SNAKEMAKE),
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(repo / "Snakefile"),
         "--configfile",
         str(base),
         str(override),

@@ -3,8 +3,10 @@
 The labels CSV has the columns ``Image Name`` (file name inside the image folder),
 ``Majority Vote Label`` (a class name), optionally
 ``Number of Annotators who Selected SSA (Out of 7)``, and optionally ``Partition``
-(``train``/``test``). Masks, when a mask folder is given, share the image's file stem and size.
-Images may have any size, and differ in size.
+(``train``/``test``). Masks, when a mask folder is given, share the image's file stem and size
+and hold 0 and one positive value (e.g. 0 and 255). Images may have any size, and differ in
+size. Every byte of a file is read when it is checked, so that a truncated or corrupt file
+fails here, before any job starts, and not hours later in the job that first reads its pixels.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ ANNOTATORS_COLUMN = "Number of Annotators who Selected SSA (Out of 7)"
 PARTITION_COLUMN = "Partition"
 PARTITIONS = ("train", "test")
 MAX_LISTED = 20
+# Images each class needs outside the test partition: the split holds some out for validation,
+# and the classifier must see both classes in training and in validation.
+MIN_CLASS_IMAGES = 2
 
 
 class DatasetError(ValueError):
@@ -40,6 +45,12 @@ class DatasetSpec:
     positive_class: str
     masks: Path | None = None
 
+    def __post_init__(self):
+        if self.positive_class not in self.classes:
+            raise DatasetError(
+                f"positive_class {self.positive_class!r} is not one of classes {list(self.classes)}"
+            )
+
     @classmethod
     def from_config(cls, dataset: dict) -> DatasetSpec:
         """Build from the ``dataset`` section of the workflow config."""
@@ -51,6 +62,14 @@ class DatasetSpec:
             positive_class=dataset["positive_class"],
             masks=Path(masks) if masks else None,
         )
+
+
+def wildcard_problem(path: str) -> str | None:
+    """Why Snakemake cannot take ``path`` as an input or output of a job (None if it can): it
+    reads ``{`` and ``}`` as the braces of a wildcard."""
+    if "{" in path or "}" in path:
+        return "holds '{' or '}', which Snakemake cannot carry in a file path"
+    return None
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -72,6 +91,9 @@ def _image_problem(path: Path) -> tuple[str | None, tuple[int, int]]:
     try:
         with _open_image(path) as img:
             mode, size = img.mode, img.size
+            # Every byte, so that a truncated or corrupt file fails now: a PNG's chunk checksums
+            # show it at a tenth of the cost of decoding it; other formats are decoded.
+            img.verify() if img.format == "PNG" else img.load()
     except (OSError, SyntaxError) as err:
         return f"unreadable image {path}: {err}", (0, 0)
     if mode != "RGB":
@@ -81,8 +103,19 @@ def _image_problem(path: Path) -> tuple[str | None, tuple[int, int]]:
     return None, size
 
 
+def _listed(values: list, limit: int = 10) -> str:
+    """``values`` as ``1, 2, 3``, the first ``limit`` of them and how many more."""
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(map(str, values[:limit])) + more
+
+
 def _mask_problem(mask: Path, size: tuple[int, int]) -> str | None:
-    """Why ``mask`` is not a readable mask of an image of ``size`` (None if it is one)."""
+    """Why ``mask`` is not a readable mask of an image of ``size`` (None if it is one).
+
+    Its values, read as :func:`histo_wsss.io.read_mask` reads them (greyscale), must be in the
+    allowed set: for these binary masks 0 and one positive value, the mask's largest (a mask
+    with stray values, e.g. JPEG noise around 0, would make every such pixel positive).
+    """
     if not mask.is_file():
         return f"mask file not found: {mask}"
     try:
@@ -90,8 +123,17 @@ def _mask_problem(mask: Path, size: tuple[int, int]) -> str | None:
             if m.size != size:
                 (mw, mh), (iw, ih) = m.size, size
                 return f"mask {mask} is {mw}x{mh} px but the image is {iw}x{ih} px"
+            counts = m.convert("L").histogram()  # decodes it: a truncated mask fails here
     except (OSError, SyntaxError) as err:
         return f"unreadable mask {mask}: {err}"
+    values = [v for v, n in enumerate(counts) if n]
+    allowed = {0, values[-1]}
+    unexpected = [v for v in values if v not in allowed]
+    if unexpected:
+        return (
+            f"mask {mask} has values {_listed(unexpected)} besides {sorted(allowed)}: a mask "
+            "holds 0 and one positive value (save it losslessly, e.g. as PNG, not JPEG)"
+        )
     return None
 
 
@@ -146,17 +188,20 @@ def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) ->
     Columns of the result: ``name`` (file stem), ``file``, ``label``, ``positive`` (0/1),
     ``partition``, ``image`` and ``mask`` (paths; ``mask`` empty without a mask folder).
     Every problem is collected first and raised as ONE :class:`DatasetError` that lists the
-    first 20 offending rows and their count. Image and mask files are opened to check them
+    first 20 offending rows and their count. Image and mask files are read in full to check them
     unless ``checked`` (:func:`manifest_keys`) holds them with their current size and time.
+    A dataset whose rows are valid but that gives a class fewer than
+    :data:`MIN_CLASS_IMAGES` images outside the test partition is rejected too.
     """
-    if spec.positive_class not in spec.classes:
-        raise DatasetError(
-            f"positive_class {spec.positive_class!r} is not one of classes {list(spec.classes)}"
-        )
     if not spec.labels.is_file():
         raise DatasetError(f"{spec.labels}: labels file not found")
     try:
         table = pd.read_csv(spec.labels, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(
+            f"{spec.labels}: the file is empty; expected a CSV with the columns "
+            f"{[NAME_COLUMN, LABEL_COLUMN]}"
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DatasetError(f"{spec.labels}: cannot parse CSV ({err})") from err
     missing = [c for c in (NAME_COLUMN, LABEL_COLUMN) if c not in table.columns]
@@ -183,6 +228,8 @@ def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) ->
         errs = []
         if not name:
             errs.append("empty image name")
+        if wildcard_problem(name):
+            errs.append(f"image name {wildcard_problem(name)}: rename the file")
         if is_duplicate:
             errs.append("duplicate image name")
         if clashes:
@@ -204,6 +251,16 @@ def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) ->
         tail = f"\n  ... and {more} more" if more > 0 else ""
         raise DatasetError(
             f"{spec.labels}: {len(problems)} problem(s) in the dataset:\n  {listed}{tail}"
+        )
+    counts = labels[partitions != "test"].value_counts()
+    scarce = [
+        f"{c!r} has {counts.get(c, 0)}" for c in spec.classes if counts.get(c, 0) < MIN_CLASS_IMAGES
+    ]
+    if scarce:
+        raise DatasetError(
+            f"{spec.labels}: each class needs at least {MIN_CLASS_IMAGES} images outside "
+            f"Partition = test (to train and to validate the classifier on), but class "
+            f"{' and '.join(scarce)}"
         )
 
     out = pd.DataFrame(

@@ -1,14 +1,21 @@
-"""Atomic file output and image input/output."""
+"""Atomic file output and image input/output.
+
+An output is written under a temporary name beside it (``.<name>.<8 random characters><suffix>``)
+and moved into place when complete, so a killed job never leaves a half-written output; the
+temporary that such a job leaves is removed when the output is next written.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +29,60 @@ def _umask() -> int:
     return mask
 
 
+def unwritable_folders(folder: str | os.PathLike, depth: int) -> list[Path]:
+    """``folder`` and its subfolders down to ``depth`` levels below it that this process may
+    not write into (none when ``folder`` does not exist yet), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [] if os.access(folder, os.W_OK | os.X_OK) else [folder]
+    if depth > 0 and os.access(folder, os.R_OK | os.X_OK):
+        for sub in sorted(folder.iterdir()):
+            found += unwritable_folders(sub, depth - 1)
+    return found
+
+
+@cache
+def _hidden_names(folder: Path) -> tuple[str, ...]:
+    """Names starting with ``.`` in ``folder`` when this process first writes there (listed
+    once: a job writes thousands of files into one folder)."""
+    return tuple(name for name in os.listdir(folder) if name.startswith("."))
+
+
+def _remove_stale(path: Path, suffix: str) -> None:
+    """Remove the temporaries of ``path`` (file or folder) that a killed writer left behind."""
+    own = re.compile(re.escape(f".{path.name}.") + "[a-z0-9_]{8}" + re.escape(suffix))
+    for name in filter(own.fullmatch, _hidden_names(path.parent)):
+        stale = path.parent / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _temporary(path: Path, folder: bool) -> Path:
+    """A new temporary file (or ``folder``) beside ``path``, once the stale ones that a killed
+    writer of ``path`` left there are removed; names the folder when it is not writable."""
+    suffix = "" if folder else path.suffix
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path, suffix)
+        if folder:
+            return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except PermissionError as err:
+        raise PermissionError(
+            f"cannot write {path}: no permission to write into the folder {path.parent}"
+        ) from err
+    os.close(fd)
+    return Path(tmp)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temporary(path, folder=False)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates owner-only files
@@ -42,8 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = _temporary(path, folder=True)
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates owner-only folders

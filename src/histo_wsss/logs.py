@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
+from histo_wsss import checkout
+
 
 @contextmanager
 def job_log(path: str | Path) -> Iterator[logging.Logger]:
     """Send logging and stderr (tqdm bars, warnings, tracebacks) to ``path`` for the block.
 
     The first and last lines ("job started", "job finished" or "job failed") bracket the block
-    with millisecond timestamps.
+    with millisecond timestamps; the first names the copy of the library the job runs, which
+    must be the workflow's own (:func:`histo_wsss.checkout.check`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,8 +28,9 @@ def job_log(path: str | Path) -> Iterator[logging.Logger]:
         root.setLevel(logging.INFO)
         logging.captureWarnings(True)
         log = logging.getLogger("histo_wsss")
-        log.info("job started")
+        log.info("job started (histo_wsss from %s)", checkout.LIBRARY)
         try:
+            checkout.check()
             yield log
         except BaseException:
             log.exception("job failed")

@@ -134,6 +134,7 @@ from histo_wsss.training import (
     save_checkpoint,
     training_sizes,
 )
+from histo_wsss.weights import local_file as local_weights_file
 from histo_wsss.weights import parse as parse_weights
 
 __all__ = [
@@ -552,7 +553,9 @@ def train(
 
     ``checkpoint_path`` is (re)written atomically whenever an epoch improves the validation IoU:
     ``torch.save`` of ``{"arch", "encoder", "state_dict" (CPU tensors), "epoch", "metrics" (that
-    epoch's row without ``seconds``), "config" (the resolved config)}``. ``metrics_path`` (CSV,
+    epoch's row without ``seconds``), "config" (the resolved config, a local ``encoder_weights``
+    file by its name only: the checkpoint does not depend on the folder a run lives in)}``.
+    ``metrics_path`` (CSV,
     columns :data:`METRICS_COLUMNS`, one row per epoch, ``epoch`` 0-based, ``lr`` the SGD
     learning rate, ``seconds`` wall-clock) is rewritten atomically after every epoch.
 
@@ -582,6 +585,9 @@ def _train(
     metrics_path: Path,
     log: logging.Logger,
 ) -> dict:
+    weights = local_weights_file(cfg["encoder_weights"])
+    # a local weights file by its name only: its path may hold the run's folder
+    recorded_config = {**cfg, "encoder_weights": Path(weights).name} if weights else cfg
     model = build_model(cfg).to(device)
     loss_fn = _loss_fn(cfg)
     optimizer = torch.optim.SGD(
@@ -666,7 +672,7 @@ def _train(
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "epoch": epoch,
                     "metrics": best,
-                    "config": cfg,
+                    "config": recorded_config,
                 },
             )
         log.info(

@@ -4,11 +4,15 @@ import sys
 from functools import cache
 from pathlib import Path
 
-# The library is importable from the checkout even where it is not installed: Snakemake hands
-# this process's sys.path on to the jobs' scripts.
+# This process and every job import the library of this checkout, not whichever histo_wsss
+# the Python environment has installed (e.g. another clone's): see histo_wsss.checkout.
 SRC = str(Path(workflow.basedir) / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
+
+from histo_wsss import checkout
+
+checkout.pin(SRC)
 
 from histo_wsss.dataset import (
     DatasetError,
@@ -16,8 +20,10 @@ from histo_wsss.dataset import (
     fingerprint,
     load_labels,
     manifest_keys,
+    wildcard_problem,
 )
 from histo_wsss.demo import demo_names
+from histo_wsss.io import unwritable_folders
 from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
 from histo_wsss.weights import local_file as local_weights_file
@@ -25,6 +31,43 @@ from histo_wsss.weights import local_file as local_weights_file
 RESULTS = config["results"]
 DEMO = config["dataset"]["source"] == "demo"
 DEMO_DIR = f"{RESULTS}/demo"
+
+# Paths in the config, which become inputs or outputs of jobs.
+PATH_KEYS = (
+    ("results",),
+    ("dataset", "images"),
+    ("dataset", "labels"),
+    ("dataset", "masks"),
+    ("stain", "target"),
+    ("classifier", "weights"),
+    ("segmentation", "encoder_weights"),
+    ("predict", "images"),
+)
+
+
+def _check_paths():
+    """Reject, naming the key, a config path that Snakemake would read as a wildcard, and
+    results folders that cannot be written into (every output lies at most two folders below
+    `results`): both would otherwise fail only when the first job that needs them runs.
+    """
+    for keys in PATH_KEYS:
+        value = config
+        for key in keys:
+            value = value.get(key) or ""
+        if wildcard_problem(value):
+            raise WorkflowError(
+                f"{'.'.join(keys)}: {value!r} {wildcard_problem(value)}"
+            )
+    unwritable = unwritable_folders(RESULTS, depth=2)
+    if unwritable:
+        raise WorkflowError(
+            f"no permission to write into {', '.join(map(str, unwritable))}: the workflow "
+            "writes its outputs there; make them writable (chmod u+w) or set `results` to "
+            "another folder"
+        )
+
+
+_check_paths()
 
 
 def dataset_paths():
@@ -58,14 +101,15 @@ def _samples():
     A user dataset is validated here, when the DAG is built (opening only the files that are
     new or changed since the last manifest); the demo when it is generated.
     """
-    if DEMO:
-        images, _, masks = dataset_paths()
-        names = demo_names(config["demo"]["n_images"])
-        return {n: f"{images}/{n}.png" for n in names}, {
-            n: f"{masks}/{n}.png" for n in names
-        }
+    images, _, masks = dataset_paths()
     try:
+        # for the demo too: a positive_class that is not one of its classes fails here
         spec = DatasetSpec.from_config(dataset_config())
+        if DEMO:
+            names = demo_names(config["demo"]["n_images"])
+            return {n: f"{images}/{n}.png" for n in names}, {
+                n: f"{masks}/{n}.png" for n in names
+            }
         table = load_labels(spec, checked=manifest_keys(MANIFEST))
     except DatasetError as err:
         raise WorkflowError(f"invalid dataset: {err}") from None
@@ -322,6 +366,9 @@ def new_images():
         raise WorkflowError(
             f"predict.images: no {'/'.join(IMAGE_SUFFIXES)} image in {folder}"
         )
+    for file in files:
+        if wildcard_problem(file):
+            raise WorkflowError(f"predict.images: {file} {wildcard_problem(file)}")
     return files
 
 

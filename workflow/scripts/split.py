@@ -1,12 +1,15 @@
 """Validate the dataset and write the stratified train/val/test split."""
 
-from histo_wsss.dataset import DatasetSpec, load_labels
+from histo_wsss.dataset import DatasetSpec, load_labels, manifest_keys
 from histo_wsss.io import write_csv
 from histo_wsss.logs import job_log
 from histo_wsss.splits import make_split
 
 with job_log(snakemake.log[0]) as log:
-    table = load_labels(DatasetSpec.from_config(snakemake.params.dataset))
+    # A folder dataset's files passed at DAG build and are in its manifest (input `images`):
+    # not decoded again. The demo's (input `images` is their folder) are checked here.
+    checked = manifest_keys(snakemake.input.images)
+    table = load_labels(DatasetSpec.from_config(snakemake.params.dataset), checked)
     cfg = snakemake.params.split
     split = make_split(table, cfg["val_fraction"], cfg["test_fraction"], cfg["seed"])
     write_csv(snakemake.output[0], split)
