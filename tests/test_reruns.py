@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 
 # The rules that run a network: exactly these must declare `resources: gpu=1`.
 MODEL_RULES = {
+    "pretrain",
     "train_classifier",
     "evaluate_classifier",
     "cams",
@@ -46,6 +47,23 @@ def _with(section: str, **values) -> dict:
     return {**TINY, section: {**TINY.get(section, {}), **values}}
 
 
+# Both networks start from the pretrained encoder; the segmentation network learns from the real
+# masks (the supervised bound), so that it needs no CAMs: the run below builds only the two
+# networks (TARGETS) and what they need.
+PRETRAINED = {
+    **TINY,
+    "classifier": {**TINY["classifier"], "epochs": 1, "weights": "pretrained"},
+    "segmentation": {
+        **TINY["segmentation"],
+        "epochs": 1,
+        "encoder_weights": "pretrained",
+        "targets": "ground_truth",
+    },
+    "pretrain": {"epochs": 1, "batch_size": 4, "crop_size": 32},
+}
+TARGETS = ("results/classifier/model.pt", "results/segmentation/model.pt")
+
+
 def test_a_crf_parameter_reruns_the_pseudo_masks_and_what_follows(tiny_run):
     config = _with("pseudo_masks", crf_bilateral_srgb=10)
     assert planned_jobs(tiny_run, config) == PSEUDO_MASKS_AND_AFTER
@@ -64,6 +82,44 @@ def test_a_cam_parameter_keeps_the_classifier(tiny_run):
 
 def test_nothing_changed_plans_nothing(tiny_run):
     assert planned_jobs(tiny_run) == {}
+    assert not (tiny_run / "results" / "pretrain").exists()  # no key says `pretrained`
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tiny_run, tmp_path_factory):
+    """The tiny run copied, then both networks retrained from a pretrained encoder."""
+    workdir = tmp_path_factory.mktemp("pretrained")
+    shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
+    snakemake(workdir, "--cores", "2", *TARGETS, config=PRETRAINED)
+    return workdir
+
+
+def test_both_networks_start_from_the_pretrained_encoder(pretrained_run):
+    logs = pretrained_run / "results" / "logs"
+    encoder = "results/pretrain/encoder.pt"
+    assert (
+        f"{encoder}: loaded resnet18 backbone weights"
+        in (logs / "train_classifier.log").read_text()
+    )
+    assert (
+        f"{encoder}: loaded into the resnet18 encoder"
+        in (logs / "train_segmentation.log").read_text()
+    )
+    assert "pretraining on 20 train+val images" in (logs / "pretrain.log").read_text()
+    assert planned_jobs(pretrained_run, PRETRAINED, *TARGETS) == {}
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "rerun"),
+    [
+        ("pretrain", "temperature", 0.5, {"pretrain", "train_classifier", "train_segmentation"}),
+        ("classifier", "lr", 0.005, {"train_classifier"}),
+        ("segmentation", "lr", 0.005, {"train_segmentation"}),
+    ],
+)
+def test_only_a_pretraining_key_reruns_pretraining(pretrained_run, section, key, value, rerun):
+    config = {**PRETRAINED, section: {**PRETRAINED[section], key: value}}
+    assert planned_jobs(pretrained_run, config, *TARGETS) == dict.fromkeys(rerun, 1)
 
 
 def test_a_deleted_figure_plans_only_its_own_job(tiny_run):
@@ -172,7 +228,8 @@ def _planned_resources(workdir: Path, config: dict) -> dict[str, str]:
 
 
 def test_exactly_the_rules_that_run_a_model_declare_a_gpu(tiny_run, tmp_path):
-    config = {**TINY, "predict": {"images": str(tiny_run / "results" / "demo" / "images")}}
+    images = str(tiny_run / "results" / "demo" / "images")
+    config = {**PRETRAINED, "predict": {"images": images}}
     resources = _planned_resources(tmp_path, config)
     scripts = _rule_scripts()
     # dataset_manifest serves folder datasets only; it runs no model
@@ -186,7 +243,8 @@ def test_exactly_the_rules_that_run_a_model_declare_a_gpu(tiny_run, tmp_path):
 @pytest.mark.parametrize(("cores", "gpus"), [(4, 1), (4, 2)])
 def test_gpu_jobs_share_the_cores_between_the_gpu_slots(tmp_path, cores, gpus):
     """One GPU slot (or a CPU-only machine): a network job gets every core; N slots: 1/N each."""
-    out = snakemake(tmp_path, "-n", "--cores", str(cores), "--resources", f"gpu={gpus}").stdout
+    args = ("-n", "--cores", str(cores), "--resources", f"gpu={gpus}")
+    out = snakemake(tmp_path, *args, config=PRETRAINED).stdout
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", out, flags=re.M | re.S)
     found = {rule: re.search(r"threads: (\d+)", body) for rule, body in blocks}
     threads = {rule: int(m.group(1)) if m else 1 for rule, m in found.items()}
