@@ -270,8 +270,8 @@ def pretrain_config():
 
 
 def weights_file(section, key):
-    """The file a weights key makes its rule read: the pretrained encoder (`pretrained`) or
-    a local weights file; None for random or ImageNet weights."""
+    """The file a weights key makes its network start from: the pretrained encoder
+    (`pretrained`) or a local weights file; None for random or ImageNet weights."""
     if _pretrained(section, key):
         return PRETRAINED_ENCODER
     return local_weights_file(config[section][key])
