@@ -49,7 +49,7 @@ def _with(section: str, **values) -> dict:
 
 # Both networks start from the pretrained encoder; the segmentation network learns from the real
 # masks (the supervised bound), so that it needs no CAMs: the run below builds only the two
-# networks (TARGETS) and what they need.
+# networks (TARGETS) and what they need. It pretrains on a folder of extra images too.
 PRETRAINED = {
     **TINY,
     "classifier": {**TINY["classifier"], "epochs": 1, "weights": "pretrained"},
@@ -61,6 +61,7 @@ PRETRAINED = {
     },
     "pretrain": {"epochs": 1, "batch_size": 4, "crop_size": 32},
 }
+WITH_EXTRA = {**PRETRAINED, "pretrain": {**PRETRAINED["pretrain"], "extra_images": "extra"}}
 TARGETS = ("results/classifier/model.pt", "results/segmentation/model.pt")
 
 
@@ -87,10 +88,14 @@ def test_nothing_changed_plans_nothing(tiny_run):
 
 @pytest.fixture(scope="module")
 def pretrained_run(tiny_run, tmp_path_factory):
-    """The tiny run copied, then both networks retrained from a pretrained encoder."""
+    """The tiny run copied, then both networks retrained from an encoder pretrained on its train
+    and val images and two extra images."""
     workdir = tmp_path_factory.mktemp("pretrained")
     shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
-    snakemake(workdir, "--cores", "2", *TARGETS, config=PRETRAINED)
+    (workdir / "extra").mkdir()
+    for name in ("demo_0000.png", "demo_0001.png"):
+        shutil.copy(workdir / "results" / "demo" / "images" / name, workdir / "extra" / name)
+    snakemake(workdir, "--cores", "2", *TARGETS, config=WITH_EXTRA)
     return workdir
 
 
@@ -105,8 +110,18 @@ def test_both_networks_start_from_the_pretrained_encoder(pretrained_run):
         f"{encoder}: loaded into the resnet18 encoder"
         in (logs / "train_segmentation.log").read_text()
     )
-    assert "pretraining on 20 train+val images" in (logs / "pretrain.log").read_text()
-    assert planned_jobs(pretrained_run, PRETRAINED, *TARGETS) == {}
+    assert (
+        "pretraining on 20 train+val images and 2 extra images"
+        in (logs / "pretrain.log").read_text()
+    )
+    assert planned_jobs(pretrained_run, WITH_EXTRA, *TARGETS) == {}
+    added = pretrained_run / "extra" / "another.png"
+    shutil.copy(pretrained_run / "results" / "demo" / "images" / "demo_0002.png", added)
+    try:
+        expected = dict.fromkeys(("pretrain", "train_classifier", "train_segmentation"), 1)
+        assert planned_jobs(pretrained_run, WITH_EXTRA, *TARGETS) == expected
+    finally:
+        added.unlink()
 
 
 @pytest.mark.parametrize(
@@ -118,7 +133,7 @@ def test_both_networks_start_from_the_pretrained_encoder(pretrained_run):
     ],
 )
 def test_only_a_pretraining_key_reruns_pretraining(pretrained_run, section, key, value, rerun):
-    config = {**PRETRAINED, section: {**PRETRAINED[section], key: value}}
+    config = {**WITH_EXTRA, section: {**WITH_EXTRA[section], key: value}}
     assert planned_jobs(pretrained_run, config, *TARGETS) == dict.fromkeys(rerun, 1)
 
 

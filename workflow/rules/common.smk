@@ -243,14 +243,19 @@ def _pretrained(section, key):
     return parse_weights(config[section][key]) == PRETRAINED
 
 
-for (section, key), (arch_section, arch_key) in WEIGHT_KEYS.items():
-    arch = config[arch_section][arch_key]
-    if _pretrained(section, key) and config["pretrain"]["arch"] != arch:
-        raise WorkflowError(
-            f"{section}.{key} is 'pretrained' but pretrain.arch is "
-            f"{config['pretrain']['arch']} and {arch_section}.{arch_key} is {arch}: set "
-            f"pretrain.arch to {arch}"
-        )
+def _check_pretrained_archs():
+    """A network that starts from the pretrained encoder must be of its architecture."""
+    for (section, key), (arch_section, arch_key) in WEIGHT_KEYS.items():
+        arch = config[arch_section][arch_key]
+        if _pretrained(section, key) and config["pretrain"]["arch"] != arch:
+            raise WorkflowError(
+                f"{section}.{key} is 'pretrained' but pretrain.arch is "
+                f"{config['pretrain']['arch']} and {arch_section}.{arch_key} is {arch}: set "
+                f"pretrain.arch to {arch}"
+            )
+
+
+_check_pretrained_archs()
 PRETRAIN_EXTRA = config["pretrain"]["extra_images"]
 PRETRAIN_EXTRA_IMAGES = (
     folder_images("pretrain.extra_images", PRETRAIN_EXTRA) if PRETRAIN_EXTRA else []
