@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 # The rules that run a network: exactly these must declare `resources: gpu=1`.
 MODEL_RULES = {
+    "pretrain",
     "train_classifier",
     "evaluate_classifier",
     "cams",
@@ -49,6 +50,24 @@ def _with(section: str, **values) -> dict:
     return {**TINY, section: {**TINY.get(section, {}), **values}}
 
 
+# Both networks start from the pretrained encoder; the segmentation network learns from the real
+# masks (the supervised bound), so that it needs no CAMs: the run below builds only the two
+# networks (TARGETS) and what they need. It pretrains on a folder of extra images too.
+PRETRAINED = {
+    **TINY,
+    "classifier": {**TINY["classifier"], "epochs": 1, "weights": "pretrained"},
+    "segmentation": {
+        **TINY["segmentation"],
+        "epochs": 1,
+        "encoder_weights": "pretrained",
+        "targets": "ground_truth",
+    },
+    "pretrain": {"epochs": 1, "batch_size": 4, "crop_size": 32},
+}
+WITH_EXTRA = {**PRETRAINED, "pretrain": {**PRETRAINED["pretrain"], "extra_images": "extra"}}
+TARGETS = ("results/classifier/model.pt", "results/segmentation/model.pt")
+
+
 def test_a_crf_parameter_reruns_the_pseudo_masks_and_what_follows(tiny_run):
     config = _with("pseudo_masks", crf_bilateral_srgb=10)
     assert planned_jobs(tiny_run, config) == PSEUDO_MASKS_AND_AFTER
@@ -67,6 +86,58 @@ def test_a_cam_parameter_keeps_the_classifier(tiny_run):
 
 def test_nothing_changed_plans_nothing(tiny_run):
     assert planned_jobs(tiny_run) == {}
+    assert not (tiny_run / "results" / "pretrain").exists()  # no key says `pretrained`
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tiny_run, tmp_path_factory):
+    """The tiny run copied, then both networks retrained from an encoder pretrained on its train
+    and val images and two extra images."""
+    workdir = tmp_path_factory.mktemp("pretrained")
+    shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
+    (workdir / "extra").mkdir()
+    for name in ("demo_0000.png", "demo_0001.png"):
+        shutil.copy(workdir / "results" / "demo" / "images" / name, workdir / "extra" / name)
+    snakemake(workdir, "--cores", "2", *TARGETS, config=WITH_EXTRA)
+    return workdir
+
+
+def test_both_networks_start_from_the_pretrained_encoder(pretrained_run):
+    logs = pretrained_run / "results" / "logs"
+    encoder = "results/pretrain/encoder.pt"
+    assert (
+        f"{encoder}: loaded resnet18 backbone weights"
+        in (logs / "train_classifier.log").read_text()
+    )
+    assert (
+        f"{encoder}: loaded into the resnet18 encoder"
+        in (logs / "train_segmentation.log").read_text()
+    )
+    assert (
+        "pretraining on 20 train+val images and 2 extra images"
+        in (logs / "pretrain.log").read_text()
+    )
+    assert planned_jobs(pretrained_run, WITH_EXTRA, *TARGETS) == {}
+    added = pretrained_run / "extra" / "another.png"
+    shutil.copy(pretrained_run / "results" / "demo" / "images" / "demo_0002.png", added)
+    try:
+        expected = dict.fromkeys(("pretrain", "train_classifier", "train_segmentation"), 1)
+        assert planned_jobs(pretrained_run, WITH_EXTRA, *TARGETS) == expected
+    finally:
+        added.unlink()
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "rerun"),
+    [
+        ("pretrain", "temperature", 0.5, {"pretrain", "train_classifier", "train_segmentation"}),
+        ("classifier", "lr", 0.005, {"train_classifier"}),
+        ("segmentation", "lr", 0.005, {"train_segmentation"}),
+    ],
+)
+def test_only_a_pretraining_key_reruns_pretraining(pretrained_run, section, key, value, rerun):
+    config = {**WITH_EXTRA, section: {**WITH_EXTRA[section], key: value}}
+    assert planned_jobs(pretrained_run, config, *TARGETS) == dict.fromkeys(rerun, 1)
 
 
 def test_a_deleted_figure_plans_only_its_own_job(tiny_run):
@@ -219,7 +290,8 @@ def _planned_resources(workdir: Path, config: dict) -> dict[str, str]:
 
 
 def test_exactly_the_rules_that_run_a_model_declare_a_gpu(tiny_run, tmp_path):
-    config = {**TINY, "predict": {"images": str(tiny_run / "results" / "demo" / "images")}}
+    images = str(tiny_run / "results" / "demo" / "images")
+    config = {**PRETRAINED, "predict": {"images": images}}
     resources = _planned_resources(tmp_path, config)
     scripts = _rule_scripts()
     # dataset_manifest serves folder datasets only; it runs no model
@@ -233,7 +305,8 @@ def test_exactly_the_rules_that_run_a_model_declare_a_gpu(tiny_run, tmp_path):
 @pytest.mark.parametrize(("cores", "gpus"), [(4, 1), (4, 2)])
 def test_gpu_jobs_share_the_cores_between_the_gpu_slots(tmp_path, cores, gpus):
     """One GPU slot (or a CPU-only machine): a network job gets every core; N slots: 1/N each."""
-    out = snakemake(tmp_path, "-n", "--cores", str(cores), "--resources", f"gpu={gpus}").stdout
+    args = ("-n", "--cores", str(cores), "--resources", f"gpu={gpus}")
+    out = snakemake(tmp_path, *args, config=PRETRAINED).stdout
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", out, flags=re.M | re.S)
     found = {rule: re.search(r"threads: (\d+)", body) for rule, body in blocks}
     threads = {rule: int(m.group(1)) if m else 1 for rule, m in found.items()}

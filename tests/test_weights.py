@@ -44,7 +44,7 @@ def test_keywords_and_paths():
         None,
         "w.pth",
     ]
-    with pytest.raises(ValueError, match="null, 'none', 'imagenet' or a path"):
+    with pytest.raises(ValueError, match="null, 'none', 'imagenet', 'pretrained' or a path"):
         parse(3)
 
 

@@ -70,9 +70,10 @@ def snakemake(
     return result
 
 
-def planned_jobs(workdir: Path, config: dict | None = None) -> dict[str, int]:
-    """``{rule: job count}`` that ``snakemake -n`` plans in ``workdir`` (``{}``: nothing to do)."""
-    result = snakemake(workdir, "-n", config=config)
+def planned_jobs(workdir: Path, config: dict | None = None, *targets: str) -> dict[str, int]:
+    """``{rule: job count}`` that ``snakemake -n [targets]`` plans in ``workdir`` (``{}``:
+    nothing to do)."""
+    result = snakemake(workdir, "-n", *targets, config=config)
     out = result.stdout + result.stderr
     if "Nothing to be done" in out:
         return {}

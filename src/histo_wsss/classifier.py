@@ -77,6 +77,7 @@ from histo_wsss.training import (
 )
 from histo_wsss.weights import load_state as load_weights
 from histo_wsss.weights import parse as parse_weights
+from histo_wsss.weights import resnet_arch
 
 __all__ = [
     "ARCHS",
@@ -269,6 +270,12 @@ def build_model(arch: str, weights: str | os.PathLike | None = None) -> nn.Modul
             parts.append(
                 f"shape mismatches ({len(shapes)}): {_first(shapes)} "
                 f"(e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+            )
+        held = resnet_arch(state)
+        if held is not None and held != arch:
+            raise ValueError(
+                f"{path}: the file holds {held} weights, the network is a {arch} "
+                f"(classifier.arch / segmentation.encoder): " + "; ".join(parts)
             )
         raise ValueError(f"{path}: weights do not match {arch}: " + "; ".join(parts))
 

@@ -9,12 +9,15 @@ The ``classifier.weights`` and ``segmentation.encoder_weights`` config keys take
   downloaded there (hash-checked) when absent. Without internet access the download fails at
   once (every socket operation times out after :data:`DOWNLOAD_TIMEOUT_S` seconds; torch does
   not retry) with a message saying how to pass a local file instead;
+* ``pretrained``: the encoder of this run's self-supervised pretraining
+  (:mod:`histo_wsss.pretrain`, ``results/pretrain/encoder.pt``). The workflow replaces the
+  keyword by that file's path; the library itself refuses it (:func:`load_state`);
 * anything else: the path of a local torchvision state-dict file, or of a classifier checkpoint
   written by this workflow (``results/classifier/model.pt``: its ``state_dict`` is used; the
   workflow's ``segmentation.encoder_weights: classifier`` names that file).
 
-The two keywords are case-insensitive; a local file literally named ``imagenet`` or ``none``
-is passed as ``./imagenet``.
+The keywords are case-insensitive; a local file literally named ``imagenet``, ``none`` or
+``pretrained`` is passed as ``./imagenet``.
 """
 
 from __future__ import annotations
@@ -37,39 +40,69 @@ if TYPE_CHECKING:
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
     "IMAGENET",
+    "PRETRAINED",
     "imagenet_cache_path",
     "load_state",
     "load_file",
     "local_file",
     "parse",
     "read_state",
+    "resnet_arch",
 ]
 
 IMAGENET = "imagenet"
+PRETRAINED = "pretrained"
 NONE = "none"
+KEYWORDS = (IMAGENET, PRETRAINED)
 DOWNLOAD_TIMEOUT_S = 20
 
 
 def parse(value: str | os.PathLike | None) -> str | None:
-    """``None`` (random init), :data:`IMAGENET`, or a local path as a string.
+    """``None`` (random init), :data:`IMAGENET`, :data:`PRETRAINED`, or a local path as a string.
 
     Raises ``ValueError`` for anything else than ``None``, a string or a path.
     """
     if value is None:
         return None
     if not isinstance(value, str | os.PathLike):
-        raise ValueError(f"weights must be null, 'none', 'imagenet' or a path, got {value!r}")
+        raise ValueError(
+            f"weights must be null, 'none', 'imagenet', 'pretrained' or a path, got {value!r}"
+        )
     text = str(value)
     keyword = text.strip().lower()
     if keyword == NONE:
         return None
-    return IMAGENET if keyword == IMAGENET else text
+    return keyword if keyword in KEYWORDS else text
 
 
 def local_file(value: str | os.PathLike | None) -> str | None:
-    """The local weights file that ``value`` names, or ``None`` (random init or ``imagenet``)."""
+    """The local weights file that ``value`` names, or ``None`` (random init or a keyword)."""
     weights = parse(value)
-    return None if weights in (None, IMAGENET) else weights
+    return None if weights is None or weights in KEYWORDS else weights
+
+
+# Blocks per stage of torchvision's ResNets, and whether they are bottleneck blocks (conv3).
+_RESNETS = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+}
+
+
+def resnet_arch(state: Mapping[str, object]) -> str | None:
+    """The torchvision ResNet (``resnet18`` .. ``resnet152``) whose state dict ``state`` is,
+    told by its block counts and block type; ``None`` when it is none of them.
+
+    Lets a mismatched weights file be named by what it holds (a resnet50 file given to a
+    resnet18) instead of by a list of missing keys.
+    """
+    blocks = tuple(
+        len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.") and k.count(".") > 1})
+        for i in range(1, 5)
+    )
+    return _RESNETS.get((blocks, "layer1.0.conv3.weight" in state))
 
 
 def _imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
@@ -146,7 +179,14 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_state(arch: str, weights: str) -> tuple[dict[str, torch.Tensor], str]:
     """``(state dict, source)`` of parsed ``weights`` (:data:`IMAGENET` or a local path) for the
-    torchvision ResNet ``arch``; ``source`` names the file for messages."""
+    torchvision ResNet ``arch``; ``source`` names the file for messages. :data:`PRETRAINED` is
+    the workflow's keyword for its pretraining output and is refused here (``ValueError``): the
+    workflow passes that file's path instead."""
+    if weights == PRETRAINED:
+        raise ValueError(
+            "weights 'pretrained' name the workflow's pretraining output: pass the path of the "
+            "encoder file it wrote (results/pretrain/encoder.pt) to the library instead"
+        )
     if weights != IMAGENET:
         return read_state(weights), weights
     path = imagenet_cache_path(arch)

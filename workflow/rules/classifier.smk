@@ -21,7 +21,7 @@ rule train_classifier:
         gpu=1,
         mem_mb=8000,
     params:
-        classifier=config["classifier"],
+        classifier=classifier_config(),
         images=sample_files("stain", "images"),
         positive_class=config["dataset"]["positive_class"],
     script:

@@ -26,7 +26,9 @@ from histo_wsss.demo import demo_names
 from histo_wsss.io import unwritable_folders
 from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
+from histo_wsss.weights import PRETRAINED
 from histo_wsss.weights import local_file as local_weights_file
+from histo_wsss.weights import parse as parse_weights
 
 RESULTS = config["results"]
 DEMO = config["dataset"]["source"] == "demo"
@@ -265,9 +267,81 @@ def stain_target_inputs(wildcards):
     return {"split": f"{RESULTS}/split/split.csv", "images": dataset_inputs()["images"]}
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def folder_images(key, folder):
+    """The images of `folder`, which config key `key` names, sorted; an error naming the key
+    and the folder when it is not a folder or holds no image, or the file whose name Snakemake
+    cannot carry."""
+    if not Path(folder).is_dir():
+        raise WorkflowError(f"{key}: {folder} is not a folder")
+    files = sorted(
+        str(p) for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise WorkflowError(f"{key}: no {'/'.join(IMAGE_SUFFIXES)} image in {folder}")
+    for file in files:
+        if wildcard_problem(file):
+            raise WorkflowError(f"{key}: {file} {wildcard_problem(file)}")
+    return files
+
+
+# Self-supervised pretraining (rule pretrain) runs only when a weights key says `pretrained`;
+# the key's rule then reads the encoder file and the library gets its path.
+PRETRAINED_ENCODER = f"{RESULTS}/pretrain/encoder.pt"
+WEIGHT_KEYS = {  # weights key: the key of the architecture it is loaded into
+    ("classifier", "weights"): ("classifier", "arch"),
+    ("segmentation", "encoder_weights"): ("segmentation", "encoder"),
+}
+
+
+def _pretrained(section, key):
+    return parse_weights(config[section][key]) == PRETRAINED
+
+
+def _check_pretrained_archs():
+    """A network that starts from the pretrained encoder must be of its architecture."""
+    for (section, key), (arch_section, arch_key) in WEIGHT_KEYS.items():
+        arch = config[arch_section][arch_key]
+        if _pretrained(section, key) and config["pretrain"]["arch"] != arch:
+            raise WorkflowError(
+                f"{section}.{key} is 'pretrained' but pretrain.arch is "
+                f"{config['pretrain']['arch']} and {arch_section}.{arch_key} is {arch}: set "
+                f"pretrain.arch to {arch}"
+            )
+
+
+_check_pretrained_archs()
+PRETRAIN_EXTRA = config["pretrain"]["extra_images"]
+PRETRAIN_EXTRA_IMAGES = (
+    folder_images("pretrain.extra_images", PRETRAIN_EXTRA) if PRETRAIN_EXTRA else []
+)
+
+
+def pretrain_inputs(wildcards):
+    """The extra images and the stain target they are normalized to (none without extras)."""
+    if not PRETRAIN_EXTRA_IMAGES:
+        return {}
+    return {"extra": PRETRAIN_EXTRA_IMAGES, "target": f"{RESULTS}/stain/target.json"}
+
+
+def pretrain_config():
+    """The `pretrain` section as the library takes it (`extra_images` is the rule's input)."""
+    return {k: v for k, v in config["pretrain"].items() if k != "extra_images"}
+
+
+def weights_file(section, key):
+    """The file a weights key makes its network start from: the pretrained encoder
+    (`pretrained`) or a local weights file; None for random or ImageNet weights."""
+    if _pretrained(section, key):
+        return PRETRAINED_ENCODER
+    return local_weights_file(config[section][key])
+
+
 def classifier_weights():
-    """The local weights file when `classifier.weights` names one (not null/none/imagenet)."""
-    weights = local_weights_file(config["classifier"]["weights"])
+    """The weights file the classifier starts from, if any (`classifier.weights`)."""
+    weights = weights_file("classifier", "weights")
     return [weights] if weights else []
 
 
@@ -293,6 +367,14 @@ def patch_truth(wildcards):
     return f"{RESULTS}/truth/shards/{wildcards.shard}"
 
 
+def classifier_config():
+    """The `classifier` section as the library takes it (`weights: pretrained` becomes the
+    pretrained encoder's path)."""
+    if _pretrained("classifier", "weights"):
+        return {**config["classifier"], "weights": PRETRAINED_ENCODER}
+    return config["classifier"]
+
+
 CLASSIFIER_MODEL = f"{RESULTS}/classifier/model.pt"
 ENCODER_FROM_CLASSIFIER = (
     str(config["segmentation"]["encoder_weights"]).strip().lower() == "classifier"
@@ -311,10 +393,11 @@ if (
 
 def segmentation_weights():
     """The file the encoder starts from: the trained classifier (`encoder_weights:
-    classifier`) or a local weights file; none for random or ImageNet weights."""
+    classifier`), the pretrained encoder or a local weights file; none for random or ImageNet
+    weights."""
     if ENCODER_FROM_CLASSIFIER:
         return [CLASSIFIER_MODEL]
-    weights = local_weights_file(config["segmentation"]["encoder_weights"])
+    weights = weights_file("segmentation", "encoder_weights")
     return [weights] if weights else []
 
 
@@ -328,10 +411,12 @@ if SEGMENTATION_TARGETS == "ground_truth" and not HAS_MASKS:
 
 def segmentation_config():
     """The `segmentation` section as the library takes it (`targets` is the DAG's choice;
-    `encoder_weights: classifier` becomes the classifier checkpoint's path)."""
+    `encoder_weights: classifier` or `pretrained` becomes the file's path)."""
     cfg = {k: v for k, v in config["segmentation"].items() if k != "targets"}
     if ENCODER_FROM_CLASSIFIER:
         cfg["encoder_weights"] = CLASSIFIER_MODEL
+    elif _pretrained("segmentation", "encoder_weights"):
+        cfg["encoder_weights"] = PRETRAINED_ENCODER
     return cfg
 
 
@@ -349,27 +434,10 @@ def segmentation_target_masks():
     return truth_masks()
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
 def new_images():
     """Images of the `predict.images` folder (new patches to segment), sorted."""
     folder = config["predict"]["images"]
-    if not folder:
-        return []
-    if not Path(folder).is_dir():
-        raise WorkflowError(f"predict.images: {folder} is not a folder")
-    files = sorted(
-        str(p) for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not files:
-        raise WorkflowError(
-            f"predict.images: no {'/'.join(IMAGE_SUFFIXES)} image in {folder}"
-        )
-    for file in files:
-        if wildcard_problem(file):
-            raise WorkflowError(f"predict.images: {file} {wildcard_problem(file)}")
-    return files
+    return folder_images("predict.images", folder) if folder else []
 
 
 def final_outputs():
