@@ -123,7 +123,9 @@ def _mask_problem(mask: Path, size: tuple[int, int]) -> str | None:
             if m.size != size:
                 (mw, mh), (iw, ih) = m.size, size
                 return f"mask {mask} is {mw}x{mh} px but the image is {iw}x{ih} px"
-            counts = m.convert("L").histogram()  # decodes it: a truncated mask fails here
+            # decodes it (a truncated mask fails here); greyscale as read_mask reads it, without
+            # a copy when it is greyscale already (a quarter of the check's time)
+            counts = (m if m.mode == "L" else m.convert("L")).histogram()
     except (OSError, SyntaxError) as err:
         return f"unreadable mask {mask}: {err}"
     values = [v for v, n in enumerate(counts) if n]
