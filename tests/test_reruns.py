@@ -187,15 +187,15 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
     assert planned_jobs(tmp_path, config) == {}
 
     # A mask changed in place (a newer time) reruns the manifest, its shard of the masks at the
-    # working scale and what reads the masks; the normalization and the classifier do not read
-    # them. Its old time back, nothing is to be done again.
+    # working scale (1 of 4) and what reads the masks; the normalization does not read them.
+    # Its old time back, nothing is to be done again.
     mask = data / "masks" / f"{Path(labels['Image Name'].iloc[0]).stem}.png"
     times = (mask.stat().st_atime_ns, mask.stat().st_mtime_ns)
     os.utime(mask, ns=(times[0], times[1] + 10**9))
     touched = planned_jobs(tmp_path, config)
     assert touched["dataset_manifest"] == 1 and "pseudo_masks" in touched
     assert touched["truth_masks"] == 1
-    assert "normalize_stain" not in touched and "train_classifier" not in touched
+    assert "normalize_stain" not in touched
     os.utime(mask, ns=times)
     assert planned_jobs(tmp_path, config) == {}
 
@@ -291,7 +291,9 @@ def _planned_resources(workdir: Path, config: dict) -> dict[str, str]:
 
 def test_exactly_the_rules_that_run_a_model_declare_a_gpu(tiny_run, tmp_path):
     images = str(tiny_run / "results" / "demo" / "images")
-    config = {**PRETRAINED, "predict": {"images": images}}
+    # every optional rule in the plan: pretraining, patches, new images to segment
+    classifier = {**PRETRAINED["classifier"], "train_on": "patches"}
+    config = {**PRETRAINED, "classifier": classifier, "predict": {"images": images}}
     resources = _planned_resources(tmp_path, config)
     scripts = _rule_scripts()
     # dataset_manifest serves folder datasets only; it runs no model

@@ -222,6 +222,19 @@ def dataset_inputs():
     return {"labels": labels, "images": MANIFEST}
 
 
+def shard_fingerprint(stage, files):
+    """Params function: a digest of the sizes and times of the job's shard of `files` (a
+    folder dataset's; "" for the demo, whose files are made by a job): the job reruns when one
+    of them changes, even to an older time than its output (the manifest's approach)."""
+
+    def digest(wildcards):
+        if DEMO:
+            return ""
+        return fingerprint({n: files[n] for n in shard_members(stage)(wildcards)}, {})
+
+    return digest
+
+
 def truth_inputs():
     """What rules that measure against the real masks depend on: the real masks at the
     working scale (rule truth_masks; none without masks)."""

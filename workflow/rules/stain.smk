@@ -82,5 +82,6 @@ rule truth_masks:
         names=shard_members("truth"),
         masks=shard_file_paths("truth", SAMPLE_MASKS),
         scale=config["stain"]["scale"],
+        fingerprint=shard_fingerprint("truth", SAMPLE_MASKS),
     script:
         "../scripts/truth_masks.py"
