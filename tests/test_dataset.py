@@ -1,5 +1,6 @@
 """The labels CSV contract: every kind of bad input gives one clear error naming the rows."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -280,3 +281,35 @@ def test_no_or_a_foreign_manifest_trusts_nothing(tmp_path):
     assert manifest_keys(tmp_path / "old.csv") == frozenset()
     (tmp_path / "empty.csv").touch()
     assert manifest_keys(tmp_path / "empty.csv") == frozenset()
+
+
+def test_image_labels_from_masks(tmp_path):
+    """`image_labels: masks`: a label column is not needed (a wrong one is ignored); an image is
+    the positive class when its mask has a positive pixel. A class without images passes only
+    where the caller asks no image-level counts (patches tagged by the masks)."""
+    spec = dataclasses.replace(_dataset(tmp_path, GOOD, masks=True), image_labels="masks")
+    _mask(tmp_path / "masks" / "b.png", values=(0,))
+    pd.read_csv(spec.labels).drop(columns=["Majority Vote Label"]).to_csv(spec.labels)
+    table = load_labels(spec, min_class_images=1)
+    assert dict(zip(table["name"], table["label"], strict=True)) == {
+        "a": "SSA",
+        "b": "HP",
+        "c": "SSA",
+        "d": "SSA",
+        "e": "SSA",
+    }
+    assert table["positive"].tolist() == [1, 0, 1, 1, 1]
+    assert _error(spec) == (
+        f"{tmp_path}/labels.csv: each class needs at least 2 images outside Partition = test "
+        "(to train and to validate the classifier on), but class 'HP' has 1 (labels from the "
+        "masks)"
+    )
+    _mask(tmp_path / "masks" / "d.png", values=(0,))
+    assert load_labels(spec)["label"].tolist() == ["SSA", "HP", "SSA", "HP", "SSA"]
+
+
+def test_image_labels_from_masks_need_masks(tmp_path):
+    with pytest.raises(DatasetError, match=r"image_labels is 'masks' but dataset.masks is not"):
+        dataclasses.replace(_dataset(tmp_path, GOOD), image_labels="masks")
+    with pytest.raises(DatasetError, match=r"image_labels must be one of \['csv', 'masks'\]"):
+        dataclasses.replace(_dataset(tmp_path, GOOD), image_labels="tags")

@@ -18,6 +18,7 @@ from histo_wsss.io import read_mask, scaled_size, write_png
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 MHIST = REPO / "config" / "mhist.yaml"
 GLAS = REPO / "config" / "glas.yaml"
+GLAS_GLANDS = REPO / "config" / "glas_glands.yaml"
 GLAS_DATA = REPO.parent / "shared" / "data" / "glas-train"
 MHIST_HEADER = [
     "Image Name",
@@ -47,7 +48,7 @@ def _job_inputs(dry_run: str, rule: str) -> str:
 # The presets are complete and valid
 
 
-@pytest.mark.parametrize("preset", [MHIST, GLAS], ids=["mhist", "glas"])
+@pytest.mark.parametrize("preset", [MHIST, GLAS, GLAS_GLANDS], ids=["mhist", "glas", "glas_glands"])
 def test_preset_sets_every_key_and_validates(preset):
     """Every key of every section but `demo` is set in the file itself, so that nothing comes
     from config/config.yaml (which snakemake layers below it when run from the repository)."""
@@ -273,3 +274,27 @@ def test_glas_ground_truth_targets_rerun_only_the_segmentation(glas_run):
     # ... and the manifest lists each of them
     manifest = pd.read_csv(workdir / "results" / "glas" / "data" / "manifest.csv")
     assert f"{GLAS_DATA}/masks/train_1.png" in set(manifest["mask"])
+
+
+@pytest.mark.integration
+def test_glas_glands_labels_every_image_from_its_gland_mask(tmp_path):
+    """The gland protocol: every GlaS image holds glands, so every image is `gland` and the
+    split holds out images (not patches); only the mask-tagged patches carry the classifier's
+    two classes, and with image-level tags the same dataset is refused at DAG build."""
+    if not GLAS_DATA.is_dir():
+        pytest.skip(f"GlaS data not found at {GLAS_DATA} (see the README, 'GlaS preset')")
+    dataset = {
+        "images": str(GLAS_DATA / "images"),
+        "masks": str(GLAS_DATA / "gland-masks"),
+        "labels": str(GLAS_DATA / "labels.csv"),
+    }
+    split_csv = "results/glas_glands/split/split.csv"
+    snakemake(tmp_path, "--cores", "1", split_csv, config={"dataset": dataset}, base=GLAS_GLANDS)
+    split = pd.read_csv(tmp_path / split_csv)
+    assert split.groupby("split")["label"].value_counts().to_dict() == {
+        ("test", "gland"): 17, ("train", "gland"): 54, ("val", "gland"): 14,
+    }  # fmt: skip
+    image_tags = {"dataset": dataset, "patches": {"tags": "image"}}
+    refused = snakemake(tmp_path, "-n", config=image_tags, base=GLAS_GLANDS, check=False)
+    assert refused.returncode != 0
+    assert "but class 'no_gland' has 0 (labels from the masks)" in refused.stdout + refused.stderr

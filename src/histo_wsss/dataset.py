@@ -5,7 +5,10 @@ The labels CSV has the columns ``Image Name`` (file name inside the image folder
 ``Number of Annotators who Selected SSA (Out of 7)``, and optionally ``Partition``
 (``train``/``test``). Masks, when a mask folder is given, share the image's file stem and size
 and hold 0 and one positive value (e.g. 0 and 255). Images may have any size, and differ in
-size. Every byte of a file is read when it is checked, so that a truncated or corrupt file
+size. With ``image_labels: masks`` an image's label comes from its mask instead (the
+positive class when the mask has a positive pixel), and ``Majority Vote Label`` may be absent:
+the field's GlaS gland protocol, whose every image holds glands. Every byte of a file is read
+when it is checked, so that a truncated or corrupt file
 fails here, before any job starts, and not hours later in the job that first reads its pixels.
 """
 
@@ -20,6 +23,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from histo_wsss.io import read_mask
+
 NAME_COLUMN = "Image Name"
 LABEL_COLUMN = "Majority Vote Label"
 ANNOTATORS_COLUMN = "Number of Annotators who Selected SSA (Out of 7)"
@@ -29,6 +34,7 @@ MAX_LISTED = 20
 # Images each class needs outside the test partition: the split holds some out for validation,
 # and the classifier must see both classes in training and in validation.
 MIN_CLASS_IMAGES = 2
+IMAGE_LABEL_SOURCES = ("csv", "masks")
 
 
 class DatasetError(ValueError):
@@ -44,12 +50,24 @@ class DatasetSpec:
     classes: tuple[str, str]
     positive_class: str
     masks: Path | None = None
+    image_labels: str = "csv"
 
     def __post_init__(self):
         if self.positive_class not in self.classes:
             raise DatasetError(
                 f"positive_class {self.positive_class!r} is not one of classes {list(self.classes)}"
             )
+        if self.image_labels not in IMAGE_LABEL_SOURCES:
+            raise DatasetError(
+                f"dataset.image_labels must be one of {list(IMAGE_LABEL_SOURCES)}, "
+                f"got {self.image_labels!r}"
+            )
+        if self.image_labels == "masks" and self.masks is None:
+            raise DatasetError("dataset.image_labels is 'masks' but dataset.masks is not set")
+
+    @property
+    def negative_class(self) -> str:
+        return next(c for c in self.classes if c != self.positive_class)
 
     @classmethod
     def from_config(cls, dataset: dict) -> DatasetSpec:
@@ -61,6 +79,7 @@ class DatasetSpec:
             classes=tuple(dataset["classes"]),
             positive_class=dataset["positive_class"],
             masks=Path(masks) if masks else None,
+            image_labels=dataset.get("image_labels", "csv"),
         )
 
 
@@ -184,7 +203,11 @@ def manifest_keys(path: str | os.PathLike) -> frozenset[tuple[str, ...]]:
     return frozenset(zip(*(table[c] for c in MANIFEST_KEY), strict=True))
 
 
-def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) -> pd.DataFrame:
+def load_labels(
+    spec: DatasetSpec,
+    checked: Collection[tuple[str, ...]] = (),
+    min_class_images: int = MIN_CLASS_IMAGES,
+) -> pd.DataFrame:
     """Read and validate the labels CSV; return one row per image, sorted by name.
 
     Columns of the result: ``name`` (file stem), ``file``, ``label``, ``positive`` (0/1),
@@ -192,8 +215,9 @@ def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) ->
     Every problem is collected first and raised as ONE :class:`DatasetError` that lists the
     first 20 offending rows and their count. Image and mask files are read in full to check them
     unless ``checked`` (:func:`manifest_keys`) holds them with their current size and time.
-    A dataset whose rows are valid but that gives a class fewer than
-    :data:`MIN_CLASS_IMAGES` images outside the test partition is rejected too.
+    A dataset whose rows are valid but that gives a class fewer than ``min_class_images``
+    images outside the test partition is rejected too (0 where the classifier learns its
+    classes from patches tagged by the masks, not from the images' labels).
     """
     if not spec.labels.is_file():
         raise DatasetError(f"{spec.labels}: labels file not found")
@@ -206,7 +230,8 @@ def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) ->
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DatasetError(f"{spec.labels}: cannot parse CSV ({err})") from err
-    missing = [c for c in (NAME_COLUMN, LABEL_COLUMN) if c not in table.columns]
+    required = (NAME_COLUMN, LABEL_COLUMN) if spec.image_labels == "csv" else (NAME_COLUMN,)
+    missing = [c for c in required if c not in table.columns]
     if missing:
         raise DatasetError(
             f"{spec.labels}: missing column(s) {missing}; found {list(table.columns)}"
@@ -223,7 +248,11 @@ def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) ->
         if PARTITION_COLUMN in table.columns
         else pd.Series("train", index=table.index)
     )
-    labels = table[LABEL_COLUMN].str.strip()
+    labels = (
+        table[LABEL_COLUMN].str.strip()
+        if spec.image_labels == "csv"
+        else pd.Series(spec.positive_class, index=table.index)  # replaced from the masks below
+    )
     problems: list[str] = []
     rows = zip(names, stems, labels, partitions, duplicated, stem_clash, strict=True)
     for i, (name, stem, label, partition, is_duplicate, clashes) in enumerate(rows):
@@ -254,15 +283,26 @@ def load_labels(spec: DatasetSpec, checked: Collection[tuple[str, ...]] = ()) ->
         raise DatasetError(
             f"{spec.labels}: {len(problems)} problem(s) in the dataset:\n  {listed}{tail}"
         )
+    if spec.image_labels == "masks":
+        labels = pd.Series(
+            [
+                spec.positive_class
+                if read_mask(spec.masks / f"{stem}.png").any()
+                else spec.negative_class
+                for stem in stems
+            ],
+            index=table.index,
+        )
     counts = labels[partitions != "test"].value_counts()
     scarce = [
-        f"{c!r} has {counts.get(c, 0)}" for c in spec.classes if counts.get(c, 0) < MIN_CLASS_IMAGES
+        f"{c!r} has {counts.get(c, 0)}" for c in spec.classes if counts.get(c, 0) < min_class_images
     ]
     if scarce:
+        source = " (labels from the masks)" if spec.image_labels == "masks" else ""
         raise DatasetError(
-            f"{spec.labels}: each class needs at least {MIN_CLASS_IMAGES} images outside "
+            f"{spec.labels}: each class needs at least {min_class_images} images outside "
             f"Partition = test (to train and to validate the classifier on), but class "
-            f"{' and '.join(scarce)}"
+            f"{' and '.join(scarce)}{source}"
         )
 
     out = pd.DataFrame(
@@ -290,7 +330,7 @@ def manifest(images: dict[str, str], masks: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", *MANIFEST_KEY])
 
 
-def fingerprint(images: dict[str, str], masks: dict[str, str]) -> str:
-    """A digest of the :func:`manifest` (every file's path, size and modification time): it
-    changes whenever one of the dataset's files does."""
-    return hashlib.sha256(manifest(images, masks).to_csv(index=False).encode()).hexdigest()
+def digest(table: pd.DataFrame) -> str:
+    """A digest of (rows of) a :func:`manifest`: it changes whenever one of the files it lists
+    does (path, size or modification time)."""
+    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()

@@ -15,10 +15,12 @@ from histo_wsss import checkout
 checkout.pin(SRC)
 
 from histo_wsss.dataset import (
+    MIN_CLASS_IMAGES,
     DatasetError,
     DatasetSpec,
-    fingerprint,
+    digest,
     load_labels,
+    manifest,
     manifest_keys,
     wildcard_problem,
 )
@@ -32,6 +34,13 @@ from histo_wsss.weights import parse as parse_weights
 
 RESULTS = config["results"]
 DEMO = config["dataset"]["source"] == "demo"
+TRAIN_ON_PATCHES = config["classifier"]["train_on"] == "patches"
+# The classifier learns its two classes from the images' labels, unless it trains on patches
+# tagged from the masks: then one class may be absent from the whole images (GlaS glands: every
+# image holds a gland), and the dataset check asks nothing of the image-level counts.
+MIN_CLASS_IMAGES_NEEDED = (
+    0 if TRAIN_ON_PATCHES and config["patches"]["tags"] == "mask" else MIN_CLASS_IMAGES
+)
 DEMO_DIR = f"{RESULTS}/demo"
 
 # Paths in the config, which become inputs or outputs of jobs.
@@ -112,7 +121,9 @@ def _samples():
             return {n: f"{images}/{n}.png" for n in names}, {
                 n: f"{masks}/{n}.png" for n in names
             }
-        table = load_labels(spec, checked=manifest_keys(MANIFEST))
+        table = load_labels(
+            spec, checked=manifest_keys(MANIFEST), min_class_images=MIN_CLASS_IMAGES_NEEDED
+        )
     except DatasetError as err:
         raise WorkflowError(f"invalid dataset: {err}") from None
     return dict(zip(table["name"], table["image"])), dict(
@@ -205,13 +216,16 @@ def shard_file_paths(stage, files):
     return paths
 
 
+# A folder dataset's files with their sizes and times, read once per DAG build (none for the
+# demo, whose files a job makes): the digests that rerun a job when one of its files changes.
+SAMPLE_FILES = None if DEMO else manifest(SAMPLE_IMAGES, SAMPLE_MASKS if HAS_MASKS else {})
+
+
 def dataset_fingerprint():
     """A digest of the sizes and times of a folder dataset's files: a param of rule
     dataset_manifest, which reruns when it changes (Snakemake's params rerun trigger), i.e.
     whenever a file of the dataset is added, removed or changed."""
-    if DEMO:
-        return ""
-    return fingerprint(SAMPLE_IMAGES, SAMPLE_MASKS if HAS_MASKS else {})
+    return "" if DEMO else digest(SAMPLE_FILES)
 
 
 def dataset_inputs():
@@ -222,17 +236,19 @@ def dataset_inputs():
     return {"labels": labels, "images": MANIFEST}
 
 
-def shard_fingerprint(stage, files):
-    """Params function: a digest of the sizes and times of the job's shard of `files` (a
-    folder dataset's; "" for the demo, whose files are made by a job): the job reruns when one
-    of them changes, even to an older time than its output (the manifest's approach)."""
+def shard_fingerprint(stage, kind):
+    """Params function: a digest of the sizes and times of the job's shard of the dataset's
+    `kind` files (image or mask; "" for the demo): the job reruns when one of them changes,
+    even to an older time than its output (the manifest's approach)."""
+    columns = [kind, f"{kind}_bytes", f"{kind}_mtime_ns"]
 
-    def digest(wildcards):
+    def shard_digest(wildcards):
         if DEMO:
             return ""
-        return fingerprint({n: files[n] for n in shard_members(stage)(wildcards)}, {})
+        members = SAMPLE_FILES["name"].isin(shard_members(stage)(wildcards))
+        return digest(SAMPLE_FILES.loc[members, columns])
 
-    return digest
+    return shard_digest
 
 
 def truth_inputs():
@@ -358,7 +374,6 @@ def classifier_weights():
     return [weights] if weights else []
 
 
-TRAIN_ON_PATCHES = config["classifier"]["train_on"] == "patches"
 if TRAIN_ON_PATCHES and config["patches"]["tags"] == "mask" and not HAS_MASKS:
     raise WorkflowError(
         "patches.tags is 'mask' but the dataset has no pixel masks: set dataset.masks, or "

@@ -81,5 +81,6 @@ rule split:
     params:
         dataset=dataset_config(),
         split=config["split"],
+        min_class_images=MIN_CLASS_IMAGES_NEEDED,
     script:
         "../scripts/split.py"

@@ -82,6 +82,6 @@ rule truth_masks:
         names=shard_members("truth"),
         masks=shard_file_paths("truth", SAMPLE_MASKS),
         scale=config["stain"]["scale"],
-        fingerprint=shard_fingerprint("truth", SAMPLE_MASKS),
+        fingerprint=shard_fingerprint("truth", "mask"),
     script:
         "../scripts/truth_masks.py"
