@@ -5,9 +5,10 @@ import sys
 import warnings
 
 import pytest
+from tqdm import tqdm
 
 from histo_wsss.checkout import LIBRARY
-from histo_wsss.logs import job_log
+from histo_wsss.logs import job_log, progress
 
 
 def test_a_job_log_holds_logging_stderr_and_warnings_between_start_and_end(tmp_path):
@@ -50,3 +51,34 @@ def test_a_job_refuses_another_copy_of_the_library_than_the_workflows(tmp_path, 
     monkeypatch.setenv("HISTO_WSSS_SRC", str(LIBRARY.parent))
     with job_log(tmp_path / "job.log"):
         pass
+
+
+def test_a_job_log_file_gets_a_progress_line_per_tenth_and_no_bar_text(tmp_path):
+    path = tmp_path / "job.log"
+    with job_log(path):
+        assert list(progress(range(20), "pseudo-masks", "img")) == list(range(20))
+        bar = progress(range(5), "epoch 1/3", "batch", lines=0)
+        for _ in bar:
+            bar.set_postfix(loss="0.5")
+        bar.close()
+    text = path.read_text()
+    assert "\r" not in text and "it/s" not in text and "batch" not in text
+    lines = [line for line in text.splitlines() if "pseudo-masks: " in line]
+    assert len(lines) == 10
+    assert "pseudo-masks: 2/20 img (10 %)" in lines[0]
+    assert "pseudo-masks: 20/20 img (100 %)" in lines[-1]
+
+
+def test_fewer_items_than_progress_lines_give_one_line_each(caplog):
+    with caplog.at_level(logging.INFO, logger="histo_wsss"):
+        list(progress(["a", "b", "c"], "cams", "img"))
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "cams: 1/3 img (33 %)",
+        "cams: 2/3 img (66 %)",
+        "cams: 3/3 img (100 %)",
+    ]
+
+
+def test_a_terminal_gets_a_tqdm_bar(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert isinstance(progress([1, 2], "cams", "img"), tqdm)

@@ -70,11 +70,11 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.base_cam import BaseCAM
 from torch import nn
-from tqdm import tqdm
 
 from histo_wsss.batching import same_size_runs
 from histo_wsss.classifier import preprocess
 from histo_wsss.io import atomic_path, read_mask, read_rgb
+from histo_wsss.logs import progress
 
 __all__ = [
     "CAM_METHODS",
@@ -364,27 +364,25 @@ def save_cams(
     layers = [resnet_target_layer(model, name) for name in cfg.get("layers", ["layer4"])]
     out_dir = Path(out_dir)
     rows = []
-    with tqdm(total=len(items), desc="cams", unit="img") as bar:
-        images = ((name, read_rgb(path), label) for name, path, label in items)
-        for batch in same_size_runs(images, cfg["batch_size"], lambda item: item[1].shape):
-            names, images, labels = zip(*batch, strict=True)
-            maps = compute_cams(
-                model,
-                layers,
-                preprocess(np.stack(images)),
-                labels,
-                method=cfg["method"],
-                n_samples=cfg["n_samples"],
-                noise_sigma=cfg["noise_sigma"],
-                seed=[image_seed(cfg["seed"], n) for n in names],
-                smooth_activations=cfg["smooth_activations"],
-            )
-            for name, label, cam in zip(names, labels, maps, strict=True):
-                with atomic_path(out_dir / f"{name}.npy") as tmp:
-                    np.save(tmp, cam.astype(np.float16))
-                row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
-                rows.append({"name": name, "label": label, "peak_row": row, "peak_col": col})
-            bar.update(len(batch))
+    images = ((name, read_rgb(path), label) for name, path, label in progress(items, "cams", "img"))
+    for batch in same_size_runs(images, cfg["batch_size"], lambda item: item[1].shape):
+        names, images, labels = zip(*batch, strict=True)
+        maps = compute_cams(
+            model,
+            layers,
+            preprocess(np.stack(images)),
+            labels,
+            method=cfg["method"],
+            n_samples=cfg["n_samples"],
+            noise_sigma=cfg["noise_sigma"],
+            seed=[image_seed(cfg["seed"], n) for n in names],
+            smooth_activations=cfg["smooth_activations"],
+        )
+        for name, label, cam in zip(names, labels, maps, strict=True):
+            with atomic_path(out_dir / f"{name}.npy") as tmp:
+                np.save(tmp, cam.astype(np.float16))
+            row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+            rows.append({"name": name, "label": label, "peak_row": row, "peak_col": col})
     return pd.DataFrame(rows, columns=["name", "label", "peak_row", "peak_col"])
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -53,12 +52,12 @@ import torchvision
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from histo_wsss.batching import same_size_runs, size_batches
 from histo_wsss.device import resolve_device
 from histo_wsss.figures import figure
 from histo_wsss.io import read_rgb, write_csv
+from histo_wsss.logs import progress
 from histo_wsss.losses import ClassificationLoss
 from histo_wsss.training import (
     Augmentation,
@@ -609,7 +608,7 @@ def _train(
         )
         total, count, lrs = 0.0, 0, []
         clock = LoaderClock(loader)
-        bar = tqdm(clock, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
+        bar = progress(clock, f"epoch {epoch + 1}/{epochs}", "batch", lines=0)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lrs.append(optimizer.param_groups[0]["lr"])

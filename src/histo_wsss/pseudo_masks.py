@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from histo_wsss.io import read_mask, read_rgb, write_png
+from histo_wsss.logs import progress
 from histo_wsss.metrics import METRICS, confusion, scores_from_counts
 from histo_wsss.refine import STEPS, RefineParams, refine
 
@@ -56,7 +56,7 @@ def refine_images(
     """
     out_dir = Path(out_dir)
     rows = []
-    for item in tqdm(list(items), desc="pseudo-masks", unit="img"):
+    for item in progress(list(items), "pseudo-masks", "img"):
         rgb = read_rgb(item.image)
         cam = load_cam(item.cam, rgb.shape[:2])
         start = time.perf_counter()

@@ -98,7 +98,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -110,7 +109,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from histo_wsss.batching import same_size_runs, size_batches
 from histo_wsss.classifier import ARCHS as TORCHVISION_RESNETS
@@ -118,6 +116,7 @@ from histo_wsss.classifier import CROP, WEIGHTS, preprocess
 from histo_wsss.classifier import build_model as _torchvision_resnet
 from histo_wsss.device import resolve_device
 from histo_wsss.io import read_mask, read_rgb, write_csv
+from histo_wsss.logs import progress
 from histo_wsss.metrics import confusion, scores_from_counts
 from histo_wsss.training import (
     Augmentation,
@@ -632,7 +631,7 @@ def _train(
         model.train()
         total = 0.0
         clock = LoaderClock(loader)
-        bar = tqdm(clock, desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr, unit="batch")
+        bar = progress(clock, f"epoch {epoch + 1}/{epochs}", "batch", lines=0)
         for x, m, y in bar:
             x, m, y = (t.to(device, non_blocking=True) for t in (x, m, y))
             optimizer.zero_grad(set_to_none=True)

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torchstain
 from skimage import morphology
-from tqdm import tqdm
 
 from histo_wsss.io import read_mask, read_rgb, write_json, write_png
+from histo_wsss.logs import progress
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def normalize_images(
     """
     out_dir = Path(out_dir)
     rows = []
-    for name, path in tqdm(list(zip(names, images, strict=True)), desc="normalize", unit="img"):
+    for name, path in progress(list(zip(names, images, strict=True)), "normalize", "img"):
         out, tissue, record = normalize(read_rgb(path, params.scale), target, params)
         write_png(out_dir / "images" / f"{name}.png", out)
         write_png(out_dir / "tissue" / f"{name}.png", tissue)
