@@ -155,7 +155,7 @@ def test_classifier_trains_on_crops_of_any_size_and_predicts_whole_images(tmp_pa
     best = classifier.train(
         items[:6], items[6:], {**CLASSIFIER, "crop_size": 40}, tmp_path / "m.pt", tmp_path / "m.csv"
     )
-    assert best["epoch"] in (0, 1)
+    assert best["epoch"] in (1, 2)
     model = classifier.load_checkpoint(tmp_path / "m.pt")
     paths = [p for p, _ in items]
     batched = classifier.predict(model, paths, batch_size=4)

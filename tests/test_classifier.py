@@ -124,7 +124,7 @@ def test_training_writes_checkpoint_and_metrics(trained):
     assert list(metrics.columns[:6]) == [
         "epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr",
     ]  # fmt: skip
-    assert list(metrics["epoch"]) == [0, 1, 2]
+    assert list(metrics["epoch"]) == [1, 2, 3]  # as the log counts them
     assert metrics["trainable"].tolist()[0] == "layer3+layer4+fc"
     lr = metrics["lr"].to_numpy()
     assert lr[1] > lr[0] and lr[1] > lr[2]  # one-cycle: warms up, then anneals

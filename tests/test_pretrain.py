@@ -128,7 +128,7 @@ def test_pretraining_writes_a_torchvision_encoder_and_its_metrics(pretrained):
     assert set(state) == {k for k in reference if not k.startswith("fc.")}  # no fc, no head
     assert resnet_arch(state) == "resnet18"
     metrics = pd.read_csv(pretrained / "a" / "metrics.csv")
-    assert tuple(metrics.columns) == METRICS_COLUMNS and list(metrics["epoch"]) == [0, 1]
+    assert tuple(metrics.columns) == METRICS_COLUMNS and list(metrics["epoch"]) == [1, 2]
     assert np.isfinite(metrics["loss"]).all() and (metrics["images_per_s"] > 0).all()
     torch.manual_seed(0)  # the run's seed: the weights it started from
     start = SimCLR("resnet18", 128).encoder.state_dict()

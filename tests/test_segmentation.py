@@ -287,7 +287,7 @@ def test_training_writes_checkpoint_and_metrics(trained):
     best, ckpt_path, csv = trained
     table = pd.read_csv(csv)
     assert tuple(table.columns) == METRICS_COLUMNS
-    assert table["epoch"].tolist() == [0, 1, 2]
+    assert table["epoch"].tolist() == [1, 2, 3]  # as the log counts them
     assert table["n_train_images"].tolist() == [8, 11, 11]
     assert (table["lr"] == 0.01).all()
     for col in ("val_iou", "val_iou_positive_mean", "val_head_accuracy"):
@@ -297,9 +297,9 @@ def test_training_writes_checkpoint_and_metrics(trained):
     assert set(ckpt) == set(seg.CHECKPOINT_KEYS)
     assert (ckpt["arch"], ckpt["encoder"]) == ("DeepLabV3Plus", "resnet18")
     assert ckpt["config"] == resolve_config(TINY)
-    best_epoch = int(table["val_iou"].to_numpy().argmax())  # first maximum
-    assert ckpt["epoch"] == best_epoch == best["epoch"]
-    row = table.iloc[best_epoch].drop("seconds").to_dict()
+    best_row = int(table["val_iou"].to_numpy().argmax())  # first maximum
+    assert ckpt["epoch"] == best_row + 1 == best["epoch"]
+    row = table.iloc[best_row].drop("seconds").to_dict()
     assert ckpt["metrics"] == pytest.approx(row, rel=1e-12)
     assert best == ckpt["metrics"]
 
@@ -317,7 +317,7 @@ def test_training_is_deterministic(trained, data, tmp_path):
 
 
 def test_best_checkpoint_and_early_stopping_follow_the_val_iou(data, tmp_path, monkeypatch):
-    scripted = iter([0.2, 0.5, 0.4, 0.5, 0.9, 0.9])  # best at epoch 1, then 2 epochs without
+    scripted = iter([0.2, 0.5, 0.4, 0.5, 0.9, 0.9])  # best at epoch 2, then 2 epochs without
 
     def fake_validate(*args, **kwargs):
         return {
@@ -339,8 +339,8 @@ def test_best_checkpoint_and_early_stopping_follow_the_val_iou(data, tmp_path, m
     cfg = {**TINY, "epochs": 6, "patience": 2}
     best, ckpt, csv = _run(data, tmp_path, cfg)
     assert pd.read_csv(csv)["val_iou"].tolist() == [0.2, 0.5, 0.4, 0.5]  # stopped after 4
-    assert saved == [0, 1]
-    assert torch.load(ckpt, weights_only=True)["epoch"] == 1 == best["epoch"]
+    assert saved == [1, 2]
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2 == best["epoch"]
     assert best["val_iou"] == 0.5
 
 

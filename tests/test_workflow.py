@@ -51,7 +51,7 @@ def test_classifier_cams_and_pseudo_masks(run):
     results = run / "results"
     split = pd.read_csv(results / "split" / "split.csv")
     metrics = pd.read_csv(results / "classifier" / "metrics.csv")
-    assert list(metrics["epoch"]) == [0, 1]
+    assert list(metrics["epoch"]) == [1, 2]
     evaluation = json.loads((results / "classifier" / "evaluation.json").read_text())
     assert set(evaluation) == {"val", "test"}
     assert evaluation["test"]["n"] == (split["split"] == "test").sum()
@@ -81,9 +81,10 @@ def test_segmentation_predictions_evaluation_figures_and_report(run):
     results = run / "results"
     split = pd.read_csv(results / "split" / "split.csv")
     metrics = pd.read_csv(results / "segmentation" / "metrics.csv")
-    assert list(metrics["epoch"]) == [0, 1]
+    assert list(metrics["epoch"]) == [1, 2]
     log = (results / "logs" / "train_segmentation.log").read_text()
     assert "classifier/model.pt: loaded into the resnet18 encoder" in log  # the demo's default
+    assert "epoch 1/2:" in log and "epoch 2/2:" in log and "\r" not in log  # no bar text
     predictions = pd.read_csv(results / "segmentation" / "predictions" / "predictions.csv")
     held_out = split[split["split"].isin(["val", "test"])]
     assert sorted(predictions["name"]) == sorted(held_out["name"])

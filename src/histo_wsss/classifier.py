@@ -27,8 +27,9 @@ Training (:func:`train`):
 * loss: :class:`histo_wsss.losses.ClassificationLoss` (BCE + Focal Tversky); its Tversky index
   is computed over a batch, so the reported ``train_loss`` is the mean of the batch losses
   (weighted by batch size) and ``val_loss`` is the loss of the whole validation set as one batch;
-* progressive unfreezing (:func:`set_trainable`): block ``b`` trains from epoch
-  ``unfreeze[b]`` (0-based) on; the ``fc`` head always trains;
+* progressive unfreezing (:func:`set_trainable`): block ``b`` trains after ``unfreeze[b]``
+  epochs, i.e. from epoch ``unfreeze[b] + 1`` as the log and the metrics CSV count epochs
+  (from 1); the ``fc`` head always trains;
 * validation after every epoch: loss, accuracy at 0.5, ROC AUC (NaN when the validation split
   has one class only); the best epoch by ``selection_metric`` (``auc``/``accuracy``: highest,
   ``loss``: lowest; NaN never selected; ties keep the earlier epoch) is saved as the checkpoint;
@@ -187,7 +188,7 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
             start is None or (is_int(start) and start >= 0),
             f"unfreeze.{block}",
             start,
-            "an epoch >= 0 (0-based) or null (never)",
+            "a number of epochs >= 0 or null (never)",
         )
     check_augment("classifier", out["augment"])
     sm = out["selection_metric"]
@@ -305,10 +306,11 @@ def _block_modules(model: nn.Module, block: str) -> list[nn.Module]:
 
 
 def trainable_blocks(epoch: int, unfreeze: Mapping[str, int | None]) -> list[str]:
-    """Blocks that train at ``epoch`` (0-based), in network order; ``"fc"`` is always last.
+    """Blocks that train at the loop's ``epoch`` index (from 0: the log's epoch ``epoch + 1``),
+    in network order; ``"fc"`` is always last.
 
-    ``unfreeze[b]`` is the first epoch at which block ``b`` trains (``None``: never); a block
-    missing from ``unfreeze`` never trains.
+    Block ``b`` trains after ``unfreeze[b]`` epochs (``None``: never); a block missing from
+    ``unfreeze`` never trains.
     """
     on = [b for b in BLOCKS if unfreeze.get(b) is not None and epoch >= unfreeze[b]]
     return on + ["fc"]
@@ -503,8 +505,9 @@ def train(
     ``selection_metric``: ``torch.save`` of ``{"arch", "state_dict" (CPU tensors), "epoch",
     "metrics" (that epoch's row without ``seconds``), "config" (the resolved config)}``.
     ``metrics_path`` (CSV, columns :data:`METRICS_COLUMNS`, one row per epoch) is rewritten
-    atomically after every epoch; ``epoch`` is 0-based, ``lr`` the mean learning rate over the
-    epoch's steps, ``trainable`` the trainable blocks joined by ``+``, ``seconds`` wall-clock.
+    atomically after every epoch; ``epoch`` counts from 1 as the log does, ``lr`` is the mean
+    learning rate over the epoch's steps, ``trainable`` the trainable blocks joined by ``+``,
+    ``seconds`` wall-clock.
 
     ``selection_metric: auc`` with a single-class validation split is refused (its AUC is
     undefined). Raises ``FloatingPointError`` on a non-finite training loss. Returns the best
@@ -616,7 +619,9 @@ def _train(
             loss = loss_fn(model(x), y)
             value = loss.item()
             if not math.isfinite(value):
-                raise FloatingPointError(f"epoch {epoch}: training loss is {value}; try a lower lr")
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: training loss is {value}; try a lower lr"
+                )
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -629,7 +634,7 @@ def _train(
         val_loss = float(loss_fn(logits, val_targets))
         scores = evaluate(val_labels, torch.sigmoid(logits)[:, 0].numpy())
         row = {
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "train_loss": total / count,
             "val_loss": val_loss,
             "val_accuracy": scores["accuracy"],
@@ -648,7 +653,7 @@ def _train(
                 {
                     "arch": cfg["arch"],
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "epoch": epoch,
+                    "epoch": epoch + 1,
                     "metrics": best,
                     "config": cfg,
                 },
@@ -749,5 +754,5 @@ def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi:
                 ax.axvline(e, color="0.6", linestyle=":", linewidth=1)
             ax.grid(True, alpha=0.3)
         for ax in axes[2:]:
-            ax.set_xlabel("epoch (0-based)")
+            ax.set_xlabel("epoch")
         fig.suptitle("classifier learning curve (dotted: unfreezing steps)")

@@ -318,10 +318,10 @@ def train(
     ``encoder_path``: the encoder's torchvision state dict (no ``fc``, no projection head; CPU
     tensors), written atomically and reproducibly after the last epoch.
     ``metrics_path``: CSV with :data:`METRICS_COLUMNS`, rewritten atomically after every epoch
-    (``epoch`` 0-based; ``loss`` the mean batch loss weighted by batch size; ``lr`` the mean
-    learning rate; ``images_per_s``, ``waiting_share`` (share of the epoch spent waiting for
-    data) and ``seconds`` are wall-clock figures). Raises ``FloatingPointError`` on a non-finite
-    loss. Returns the last epoch's row.
+    (``epoch`` counted from 1, as the log counts; ``loss`` the mean batch loss weighted by batch
+    size; ``lr`` the mean learning rate; ``images_per_s``, ``waiting_share`` (share of the epoch
+    spent waiting for data) and ``seconds`` are wall-clock figures). Raises
+    ``FloatingPointError`` on a non-finite loss. Returns the last epoch's row.
     """
     log = log or _log
     cfg = resolve_config(cfg)
@@ -385,7 +385,7 @@ def _train(
             value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(
-                    f"epoch {epoch}: pretraining loss is {value}; try a lower lr"
+                    f"epoch {epoch + 1}: pretraining loss is {value}; try a lower lr"
                 )
             loss.backward()
             optimizer.step()
@@ -393,7 +393,7 @@ def _train(
             total += value * len(first)
             count += len(first)
         row = {
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "loss": total / count,
             "lr": float(np.mean(lrs)),
             "images_per_s": round(clock.images / max(clock.total, 1e-9), 3),

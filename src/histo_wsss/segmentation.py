@@ -554,9 +554,9 @@ def train(
     ``torch.save`` of ``{"arch", "encoder", "state_dict" (CPU tensors), "epoch", "metrics" (that
     epoch's row without ``seconds``), "config" (the resolved config, a local ``encoder_weights``
     file by its name only: the checkpoint does not depend on the folder a run lives in)}``.
-    ``metrics_path`` (CSV,
-    columns :data:`METRICS_COLUMNS`, one row per epoch, ``epoch`` 0-based, ``lr`` the SGD
-    learning rate, ``seconds`` wall-clock) is rewritten atomically after every epoch.
+    ``metrics_path`` (CSV, columns :data:`METRICS_COLUMNS`, one row per epoch, ``epoch`` from 1
+    as in the log, ``lr`` the SGD learning rate, ``seconds`` wall-clock) is rewritten atomically
+    after every epoch.
 
     Raises ``ValueError`` for unusable items or an epoch without a trainable batch (fewer than
     two same-size images), ``FloatingPointError`` on a non-finite training loss. Returns the
@@ -615,10 +615,10 @@ def _train(
         n_used = sum(map(len, batches))
         if n_used < len(chosen):
             left_out = len(chosen) - n_used
-            log.info("epoch %d: %d image(s) of a size seen once left out", epoch, left_out)
+            log.info("epoch %d: %d image(s) of a size seen once left out", epoch + 1, left_out)
         if not batches:
             raise ValueError(
-                f"epoch {epoch}: no trainable batch among its {len(chosen)} image(s) (a batch "
+                f"epoch {epoch + 1}: no trainable batch among its {len(chosen)} image(s) (a batch "
                 f"needs at least 2 images of the same size)"
             )
         dataset.epoch = epoch
@@ -639,7 +639,9 @@ def _train(
             loss = loss_fn(mask_logits, head_logits, m, y)
             value = loss.item()
             if not math.isfinite(value):
-                raise FloatingPointError(f"epoch {epoch}: training loss is {value}; try a lower lr")
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: training loss is {value}; try a lower lr"
+                )
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             optimizer.step()
@@ -649,7 +651,7 @@ def _train(
 
         val = _validate(model, val_data, val_batches, loss_fn, cfg["threshold"], device)
         row = {
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "n_train_images": n_used,
             "train_loss": total / n_used,
             **val,
@@ -669,7 +671,7 @@ def _train(
                     "arch": cfg["arch"],
                     "encoder": cfg["encoder"],
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "epoch": epoch,
+                    "epoch": epoch + 1,
                     "metrics": best,
                     "config": recorded_config,
                 },
