@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histo_wsss.evaluation import evaluate_images, has_path, predicted_mask, summarize
+from histo_wsss.evaluation import (
+    evaluate_images,
+    has_path,
+    predicted_mask,
+    summarize,
+)
 from histo_wsss.io import write_png
 from histo_wsss.metrics import METRICS
 
@@ -96,11 +101,10 @@ def test_per_image_counts_and_scores_by_hand(rows):
     assert bool(a.any_positive_pixel) and a.head_prob == 0.9 and a.label == 1
     b = table.loc["B"]
     assert (b.pseudo_tp, b.pseudo_fp, b.pseudo_fn, b.pseudo_tn) == (0, 2, 0, 14)
-    assert b.pseudo_iou == 0.0 and b.pseudo_recall == 1.0  # empty-reference convention
+    assert b.pseudo_pixel_accuracy == pytest.approx(14 / 16)
     assert math.isnan(b.truth_iou)  # B has no ground truth
     c = table.loc["C"]
     assert not c.any_positive_pixel and c.pred_area == 0
-    assert c.pseudo_iou == 1.0 and c.pseudo_precision == 1.0  # both empty: perfect
     d = table.loc["D"]
     assert (d.pseudo_tp, d.pseudo_fp, d.pseudo_fn, d.pseudo_tn) == (0, 0, 1, 15)
     assert d.pseudo_iou == 0.0 and d.pseudo_precision == 1.0 and d.pseudo_recall == 0.0
@@ -152,10 +156,27 @@ def test_all_positive_baseline_and_two_class_miou(rows):
     assert pooled["miou"] == pytest.approx((2 / 9 + 55 / 62) / 2)
 
 
-def test_negative_false_positive_rate_and_area(rows):
+def test_a_negative_image_gets_no_iou_dice_precision_or_recall(rows, tmp_path):
+    # on its empty reference they would be 1 (C: nothing predicted) or 0 (B): no score to average
+    table = evaluate_images([rows[0], *rows[1:3], {**rows[0], "name": "N", "label": 0}])
+    negatives = table[table["label"] == 0]
+    for ref in ("pseudo", "truth"):
+        for metric in ("iou", "dice", "precision", "recall"):
+            assert negatives[f"{ref}_{metric}"].isna().all(), f"{ref}_{metric}"
+            assert table[f"{ref}_{metric}"].iloc[0] > 0  # the positive image keeps its scores
+    path = tmp_path / "per_image.csv"
+    table.to_csv(path, index=False)
+    cells = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("name")
+    assert (cells.loc[["B", "C"], "pseudo_iou"] == "").all()  # empty cells, not 1.0 or 0.0
+    # the summary averages positive images only, so the blank cells change nothing there
+    assert summarize(table)["val"]["pseudo"]["positive_mean"]["iou"] == pytest.approx(2 / 6)
+
+
+def test_share_of_negative_images_with_positive_pixels_and_area(rows):
     val = summarize(evaluate_images(rows))["val"]
     assert (val["n_images"], val["n_positive"], val["n_negative"]) == (4, 2, 2)
-    assert val["negative_fp_rate"] == 0.5  # B has predicted pixels, C none
+    assert val["negative_images_with_positive_pixels"] == 0.5  # B has predicted pixels, C none
+    assert "negative_fp_rate" not in val  # a share of images, not a false-positive pixel rate
     assert val["negative_mean_area_fraction"] == pytest.approx((2 / 16 + 0) / 2)
     assert val["positive_mean_area_fraction"] == pytest.approx((4 / 16 + 0) / 2)
 
@@ -174,7 +195,7 @@ def test_head_accuracy_and_auc(rows):
 def test_nan_becomes_none_and_json_ready(rows):
     summary = summarize(evaluate_images(rows))
     test = summary["test"]
-    assert test["negative_fp_rate"] is None  # no negative image
+    assert test["negative_images_with_positive_pixels"] is None  # no negative image
     assert test["negative_mean_area_fraction"] is None
     assert "truth" not in test  # no ground truth in this split
     negatives_only = summarize(evaluate_images(rows[1:3]))["val"]

@@ -22,7 +22,7 @@ from histo_wsss.figures import (
     uncertainty,
     uncertainty_maps,
 )
-from histo_wsss.io import write_png
+from histo_wsss.io import write_csv, write_png
 
 WHITE, RED, BLUE, BLACK = (255, 255, 255), (255, 0, 0), (0, 0, 255), (0, 0, 0)
 
@@ -154,7 +154,7 @@ SUMMARY = {
         "n_positive": 2,
         "head_accuracy": 0.75,
         "head_auc": 0.5,
-        "negative_fp_rate": 0.5,
+        "negative_images_with_positive_pixels": 0.5,
         "pseudo": reference(0.6, 0.7, 0.4, 0.5),
         "truth": reference(0.3, 0.35, 0.2, 0.25),
     },
@@ -163,7 +163,7 @@ SUMMARY = {
         "n_positive": 3,
         "head_accuracy": 1.0,
         "head_auc": None,
-        "negative_fp_rate": None,
+        "negative_images_with_positive_pixels": None,
         "pseudo": reference(None, None, 0.1, 0.2),
     },
 }
@@ -185,14 +185,24 @@ def test_metrics_table_rows_content():
     assert (val.pseudo_dice_positive_mean, val.truth_dice_positive_mean) == (0.7, 0.35)
     assert (val.pseudo_iou_pooled, val.truth_iou_pooled) == (0.4, 0.2)
     assert (val.pseudo_dice_pooled, val.truth_dice_pooled) == (0.5, 0.25)
-    assert (val.head_accuracy, val.head_auc, val.negative_fp_rate) == (0.75, 0.5, 0.5)
+    assert (val.head_accuracy, val.head_auc) == (0.75, 0.5)
+    assert val.negative_images_with_positive_pixels == 0.5
     assert test.pseudo_iou_pooled == 0.1 and test.head_accuracy == 1.0
-    for col in ("pseudo_iou_positive_mean", "truth_iou_pooled", "head_auc", "negative_fp_rate"):
+    undefined = ("pseudo_iou_positive_mean", "truth_iou_pooled", "head_auc")
+    for col in (*undefined, "negative_images_with_positive_pixels"):
         assert math.isnan(test[col])  # None or missing -> NaN
     no_truth = metrics_table_rows(
         {"val": {k: v for k, v in SUMMARY["val"].items() if k != "truth"}}
     )
     assert not [c for c in no_truth.columns if c.startswith("truth")]
+
+
+def test_metrics_table_csv_holds_scores_rounded_to_four_decimals_under_new_names(tmp_path):
+    summary = {"val": {**SUMMARY["val"], "head_auc": 0.123456789012345}}
+    write_csv(tmp_path / "t.csv", metrics_table_rows(summary))
+    text = (tmp_path / "t.csv").read_text()
+    assert ",0.1235," in text and "0.12345" not in text
+    assert "negative_fp_rate" not in text and "micro" not in text
 
 
 def test_metrics_table_png_reproducible(tmp_path):
@@ -203,7 +213,7 @@ def test_learning_curves_png_reproducible(tmp_path):
     epochs = np.arange(4)
     classifier = pd.DataFrame(
         {
-            "epoch": epochs,
+            "epoch": epochs + 1,
             "train_loss": [0.9, 0.7, 0.6, 0.5],
             "val_loss": [1.0, 0.8, 0.7, 0.7],
             "val_accuracy": [0.5, 0.6, 0.7, 0.75],
@@ -213,11 +223,11 @@ def test_learning_curves_png_reproducible(tmp_path):
     )
     segmentation = pd.DataFrame(
         {
-            "epoch": epochs,
+            "epoch": epochs + 1,
             "train_loss": [1.2, 1.0, 0.9, 0.8],
             "val_loss": [1.3, 1.1, 1.0, 1.0],
-            "val_iou": [0.1, 0.2, 0.3, 0.35],
-            "val_iou_positive_mean": [0.2, 0.3, 0.4, 0.45],
+            "val_iou_vs_pseudo_pooled": [0.1, 0.2, 0.3, 0.35],
+            "val_iou_vs_pseudo_positive_mean": [0.2, 0.3, 0.4, 0.45],
             "val_head_accuracy": [0.5, 0.6, 0.7, 0.7],
             "lr": [5e-4] * 4,
             "seconds": [1.0, 2.0, 3.0, 4.0],
@@ -227,6 +237,10 @@ def test_learning_curves_png_reproducible(tmp_path):
     segmentation.to_csv(tmp_path / "segmentation.csv", index=False)
     csvs = (tmp_path / "classifier.csv", tmp_path / "segmentation.csv")
     drawn_twice(tmp_path, lambda p: learning_curves(*csvs, p))
-    segmentation.drop(columns="val_iou").to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match="val_iou"):
+    vs_truth = segmentation.rename(columns=lambda c: c.replace("vs_pseudo", "vs_truth"))
+    vs_truth.to_csv(tmp_path / "truth.csv", index=False)
+    learning_curves(csvs[0], tmp_path / "truth.csv", tmp_path / "truth.png")  # ground_truth
+    old = segmentation.rename(columns={"val_iou_vs_pseudo_pooled": "val_iou"})
+    old.to_csv(tmp_path / "bad.csv", index=False)  # the old, unqualified name
+    with pytest.raises(ValueError, match="val_iou_vs_pseudo_pooled"):
         learning_curves(csvs[0], tmp_path / "bad.csv", tmp_path / "c.png")

@@ -83,7 +83,7 @@ def test_zero_division_nan():
     assert s["pixel_accuracy"] == 1.0
 
 
-def test_vectorised_per_image_and_micro():
+def test_vectorised_per_image_and_pooled():
     preds = np.stack([PRED, EMPTY, PRED, EMPTY])
     targets = np.stack([TARGET, TARGET, EMPTY, EMPTY])
     tp, fp, fn, tn = confusion(preds, targets, axis=(1, 2))
@@ -96,11 +96,11 @@ def test_vectorised_per_image_and_micro():
         single = scores(preds[i], targets[i])
         for k in METRICS:
             assert per_image[k][i] == pytest.approx(single[k])
-    micro = scores_from_counts(tp.sum(), fp.sum(), fn.sum(), tn.sum())
-    assert micro == pytest.approx(scores(preds, targets))
-    assert micro["iou"] == pytest.approx(2 / 14)
-    assert micro["precision"] == pytest.approx(2 / 8)
-    assert micro["recall"] == pytest.approx(2 / 8)
+    pooled = scores_from_counts(tp.sum(), fp.sum(), fn.sum(), tn.sum())
+    assert pooled == pytest.approx(scores(preds, targets))
+    assert pooled["iou"] == pytest.approx(2 / 14)
+    assert pooled["precision"] == pytest.approx(2 / 8)
+    assert pooled["recall"] == pytest.approx(2 / 8)
 
 
 def test_input_validation():

@@ -84,22 +84,29 @@ def test_quality_is_scored_per_step_and_a_blurred_truth_cam_scores_well(shard):
     # the negative image: empty masks, empty truth
     negative = table[table["positive"] == 0].iloc[0]
     assert negative["crf_area"] == 0 and negative["crf_tp"] == 0 and negative["crf_fp"] == 0
+    # its scores on an empty reference would only be 1 or 0: left empty
+    assert negative[[f"{s}_{m}" for s in STEPS for m in ("iou", "dice")]].isna().all()
 
 
-def test_summary_uses_positive_images_only_and_pools_counts(shard):
+def test_summary_per_split_and_all_uses_positive_images_only_and_pools_counts(shard):
     _, _, table = shard
+    table = table.assign(split=["val", "train", "train"])  # img0 val, img1 train, negative train
     summary = quality_summary(table)
-    assert list(summary["step"]) == list(STEPS)
-    assert (summary["n_images"] == 2).all()
-    crf = summary.set_index("step").loc["crf"]
-    positives = table[table["positive"] == 1]
-    assert crf["iou_mean"] == pytest.approx(positives["crf_iou"].mean(), abs=1e-6)
-    tp, fp, fn = (positives[f"crf_{k}"].sum() for k in ("tp", "fp", "fn"))
-    assert crf["iou_micro"] == pytest.approx(tp / (tp + fp + fn), abs=1e-6)
+    assert list(summary["split"]) == ["train"] * 4 + ["val"] * 4 + ["all"] * 4
+    assert list(summary["step"]) == list(STEPS) * 3
+    assert list(summary["n_images"]) == [1] * 8 + [2] * 4
+    rows = summary.set_index(["split", "step"])
+    for split, names in (("train", ["img1"]), ("val", ["img0"]), ("all", ["img0", "img1"])):
+        crf = rows.loc[(split, "crf")]
+        positives = table[table["name"].isin(names)]
+        assert crf["iou_mean"] == pytest.approx(positives["crf_iou"].mean(), abs=1e-6)
+        tp, fp, fn = (positives[f"crf_{k}"].sum() for k in ("tp", "fp", "fn"))
+        assert crf["iou_pooled"] == pytest.approx(tp / (tp + fp + fn), abs=1e-6)
+    assert not [c for c in summary.columns if "micro" in c]  # one word, "pooled", everywhere
 
 
 def test_summary_without_ground_truth_is_empty_not_an_error():
-    table = pd.DataFrame({"name": ["a"], "positive": [1], "crf_area": [0.2]})
+    table = pd.DataFrame({"name": ["a"], "split": ["train"], "positive": [1], "crf_area": [0.2]})
     assert quality_summary(table).empty
 
 

@@ -18,13 +18,13 @@ from histo_wsss.classifier import IMAGENET_MEAN, IMAGENET_STD
 from histo_wsss.io import write_png
 from histo_wsss.segmentation import (
     DEFAULTS,
-    METRICS_COLUMNS,
     SegmentationLoss,
     build_model,
     epoch_items,
     forward_padded,
     is_improvement,
     load_checkpoint,
+    metrics_columns,
     negative_probability,
     predict,
     resolve_config,
@@ -63,6 +63,7 @@ def test_defaults_are_the_paper_values_and_user_values_merge_over_them():
         ({"threshold": 1.0}, "threshold must be"),
         ({"dice_weight": 0, "lovasz_weight": 0}, "both 0"),
         ({"patience": True}, "patience must be an integer"),
+        ({"targets": "truth"}, "targets must be one of"),
     ],
 )
 def test_bad_config_values_are_named(cfg, message):
@@ -286,18 +287,18 @@ def trained(data, tmp_path_factory):
 def test_training_writes_checkpoint_and_metrics(trained):
     best, ckpt_path, csv = trained
     table = pd.read_csv(csv)
-    assert tuple(table.columns) == METRICS_COLUMNS
+    assert tuple(table.columns) == metrics_columns("pseudo")
     assert table["epoch"].tolist() == [1, 2, 3]  # as the log counts them
     assert table["n_train_images"].tolist() == [8, 11, 11]
     assert (table["lr"] == 0.01).all()
-    for col in ("val_iou", "val_iou_positive_mean", "val_head_accuracy"):
+    for col in ("val_iou_vs_pseudo_pooled", "val_iou_vs_pseudo_positive_mean", "val_head_accuracy"):
         assert table[col].between(0, 1).all()
     assert np.isfinite(table[["train_loss", "val_loss"]].to_numpy()).all()
     ckpt = torch.load(ckpt_path, weights_only=True)
     assert set(ckpt) == set(seg.CHECKPOINT_KEYS)
     assert (ckpt["arch"], ckpt["encoder"]) == ("DeepLabV3Plus", "resnet18")
     assert ckpt["config"] == resolve_config(TINY)
-    best_row = int(table["val_iou"].to_numpy().argmax())  # first maximum
+    best_row = int(table["val_iou_vs_pseudo_pooled"].to_numpy().argmax())  # first maximum
     assert ckpt["epoch"] == best_row + 1 == best["epoch"]
     row = table.iloc[best_row].drop("seconds").to_dict()
     assert ckpt["metrics"] == pytest.approx(row, rel=1e-12)
@@ -316,14 +317,24 @@ def test_training_is_deterministic(trained, data, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_best_checkpoint_and_early_stopping_follow_the_val_iou(data, tmp_path, monkeypatch):
+def test_validation_ious_are_named_after_the_masks_trained_on():
+    pseudo, truth = metrics_columns("pseudo"), metrics_columns("ground_truth")
+    assert pseudo[4:6] == ("val_iou_vs_pseudo_pooled", "val_iou_vs_pseudo_positive_mean")
+    assert truth[4:6] == ("val_iou_vs_truth_pooled", "val_iou_vs_truth_positive_mean")
+    for old in ("val_iou", "val_iou_positive_mean"):  # unqualified: measured against what?
+        assert old not in pseudo and old not in truth
+
+
+def test_best_checkpoint_and_early_stopping_follow_the_pooled_val_iou(
+    data, tmp_path, monkeypatch, caplog
+):
     scripted = iter([0.2, 0.5, 0.4, 0.5, 0.9, 0.9])  # best at epoch 2, then 2 epochs without
 
     def fake_validate(*args, **kwargs):
         return {
             "val_loss": 1.0,
-            "val_iou": next(scripted),
-            "val_iou_positive_mean": 0.0,
+            "val_iou_vs_truth_pooled": next(scripted),
+            "val_iou_vs_truth_positive_mean": 0.0,
             "val_head_accuracy": 0.5,
         }
 
@@ -336,12 +347,18 @@ def test_best_checkpoint_and_early_stopping_follow_the_val_iou(data, tmp_path, m
 
     monkeypatch.setattr(seg, "_validate", fake_validate)
     monkeypatch.setattr(seg, "save_checkpoint", recording_save)
-    cfg = {**TINY, "epochs": 6, "patience": 2}
-    best, ckpt, csv = _run(data, tmp_path, cfg)
-    assert pd.read_csv(csv)["val_iou"].tolist() == [0.2, 0.5, 0.4, 0.5]  # stopped after 4
+    cfg = {**TINY, "epochs": 6, "patience": 2, "targets": "ground_truth"}  # the real masks
+    with caplog.at_level(logging.INFO, logger="histo_wsss"):
+        best, ckpt, csv = _run(data, tmp_path, cfg)
+    assert pd.read_csv(csv)["val_iou_vs_truth_pooled"].tolist() == [0.2, 0.5, 0.4, 0.5]
     assert saved == [1, 2]
     assert torch.load(ckpt, weights_only=True)["epoch"] == 2 == best["epoch"]
-    assert best["val_iou"] == 0.5
+    assert best["val_iou_vs_truth_pooled"] == 0.5
+    log = caplog.text
+    assert "selecting the checkpoint on val_iou_vs_truth_pooled (IoU against the real masks" in log
+    assert "epoch 2/6: " in log and "val_iou_vs_truth_pooled 0.5000" in log
+    assert "early stopping: no better val_iou_vs_truth_pooled in the last 2 epochs" in log
+    assert "best epoch 2: val_iou_vs_truth_pooled 0.5000" in log
 
 
 class _Thresholder(torch.nn.Module):
@@ -367,9 +384,10 @@ def test_validation_metrics_on_known_predictions(tmp_path):
     data = seg._Data(items, "val")
     loss_fn = SegmentationLoss()
     batches = size_batches(range(3), data.sizes, 2)
-    got = seg._validate(_Thresholder(), data, batches, loss_fn, 0.5, torch.device("cpu"))
-    assert got["val_iou"] == pytest.approx(48 / (48 + 24 + 16))  # pooled over all 3 images
-    assert got["val_iou_positive_mean"] == pytest.approx((16 / 48 + 1) / 2)
+    cpu = torch.device("cpu")
+    got = seg._validate(_Thresholder(), data, batches, loss_fn, 0.5, cpu, "pseudo")
+    assert got["val_iou_vs_pseudo_pooled"] == pytest.approx(48 / (48 + 24 + 16))  # all 3 images
+    assert got["val_iou_vs_pseudo_positive_mean"] == pytest.approx((16 / 48 + 1) / 2)
     assert got["val_head_accuracy"] == pytest.approx(2 / 3)  # the negative has a bright row
     batch_losses = []
     for batch in batches:

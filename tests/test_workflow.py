@@ -96,7 +96,9 @@ def test_segmentation_predictions_evaluation_figures_and_report(run):
     assert {"pseudo_iou", "truth_iou", "head_prob"} <= set(per_image.columns)
     summary = json.loads((results / "segmentation" / "evaluation.json").read_text())
     assert set(summary) == {"val", "test"}
-    assert {"pseudo", "truth", "negative_fp_rate", "head_accuracy"} <= set(summary["test"])
+    assert {"pseudo", "truth", "negative_images_with_positive_pixels", "head_accuracy"} <= set(
+        summary["test"]
+    )
     table = pd.read_csv(results / "segmentation" / "metrics_table.csv")
     assert sorted(table["split"]) == ["test", "val"]
     for figure in (

@@ -12,8 +12,10 @@ Per image (``evaluate_images``)
   ground-truth mask): the pixel counts ``<ref>_tp``, ``<ref>_fp``, ``<ref>_fn``, ``<ref>_tn`` and
   the scores ``<ref>_iou``, ``<ref>_dice``, ``<ref>_precision``, ``<ref>_recall``,
   ``<ref>_pixel_accuracy`` of :mod:`histo_wsss.metrics`, with its empty-case convention
-  (a ratio whose denominator is 0 is 1.0: e.g. an empty prediction on an empty reference has
-  IoU 1, a non-empty prediction on an empty reference has IoU 0);
+  (a ratio whose denominator is 0 is 1.0: e.g. an empty prediction on a positive image's empty
+  reference has IoU 1); a negative image's ``iou``, ``dice``, ``precision`` and ``recall`` are
+  NaN (empty cells: on its empty reference they are only 1 or 0, by whether anything was
+  predicted, which ``negative_images_with_positive_pixels`` counts per split);
 * ``head_prob``: the segmentation head's image-level probability, as given.
 
 ``truth_*`` columns exist only when at least one row has a ground-truth mask; rows without one
@@ -28,10 +30,10 @@ Images are *positive* when their image label is 1, *negative* when it is 0.
   ``head_auc``: ROC AUC of ``head_prob`` against the label (:func:`sklearn.metrics.roc_auc_score`),
   ``None`` when the split has one class only; images with a NaN ``head_prob`` are left out of both
   (``None`` when none is left);
-* ``negative_fp_rate``: share of negative images with at least one predicted positive pixel
-  (an image-level false-positive rate); ``negative_mean_area_fraction``: mean over negative
-  images of ``pred_area_fraction``; ``positive_mean_area_fraction``: the same over positives;
-  all ``None`` when there is no image of that class;
+* ``negative_images_with_positive_pixels``: share of negative images with at least one
+  predicted positive pixel (a share of images, not of pixels); ``negative_mean_area_fraction``:
+  mean over negative images of ``pred_area_fraction``; ``positive_mean_area_fraction``: the
+  same over positives; all ``None`` when there is no image of that class;
 * for each reference ``<ref>`` (``pseudo``; ``truth`` only when the split has ground truth), a dict
   with
 
@@ -48,7 +50,7 @@ Images are *positive* when their image label is 1, *negative* when it is 0.
     positive image positive would score as ``positive_mean`` (per image: the reference's share
     of the image, and 2 share / (1 + share)). A network must beat it to have learned where the
     class is, not only that it is there;
-  - ``pooled``: "micro" scores over ALL images of the split (positives and negatives) from the
+  - ``pooled``: scores over ALL images of the split (positives and negatives) from the
     summed counts ``tp``, ``fp``, ``fn``, ``tn`` (also given), via
     :func:`histo_wsss.metrics.scores_from_counts`. Negatives add their false positives to the
     denominators, so a network that marks negative images is penalised here but not in
@@ -69,7 +71,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from histo_wsss.io import read_mask
-from histo_wsss.metrics import METRICS, confusion, scores_from_counts
+from histo_wsss.metrics import METRICS, confusion, image_scores, scores_from_counts
 
 __all__ = [
     "COUNTS",
@@ -79,6 +81,7 @@ __all__ = [
     "has_path",
     "predicted_mask",
     "summarize",
+    "val_iou_columns",
 ]
 
 REFERENCES = ("pseudo", "truth")
@@ -115,13 +118,13 @@ def predicted_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return prob >= np.float32(threshold)
 
 
-def _reference_columns(ref: str, pred: np.ndarray, path: str | os.PathLike) -> dict:
+def _reference_columns(ref: str, pred: np.ndarray, path: str | os.PathLike, positive: bool) -> dict:
     target = read_mask(path)
     if target.shape != pred.shape:
         raise ValueError(f"{path}: mask shape {target.shape} != probability map {pred.shape}")
     counts = confusion(pred, target)
     out = {f"{ref}_{c}": n for c, n in zip(COUNTS, counts, strict=True)}
-    out.update({f"{ref}_{m}": v for m, v in scores_from_counts(*counts).items()})
+    out.update({f"{ref}_{m}": v for m, v in image_scores(counts, positive).items()})
     return out
 
 
@@ -157,10 +160,10 @@ def evaluate_images(rows: Iterable, threshold: float = 0.5) -> pd.DataFrame:
             "pred_area_fraction": area / pred.size,
             "any_positive_pixel": area > 0,
         }
-        record.update(_reference_columns("pseudo", pred, _field(row, "pseudo_path")))
+        record.update(_reference_columns("pseudo", pred, _field(row, "pseudo_path"), label == 1))
         truth_path = _field(row, "truth_path", "")
         if has_path(truth_path):
-            record.update(_reference_columns("truth", pred, truth_path))
+            record.update(_reference_columns("truth", pred, truth_path, label == 1))
         records.append(record)
     columns = ["name", "split", "label", "head_prob", "n_pixels", "pred_area"]
     columns += ["pred_area_fraction", "any_positive_pixel"]
@@ -239,7 +242,7 @@ def summarize(table: pd.DataFrame) -> dict:
             "n_positive": len(pos),
             "n_negative": len(neg),
             **_head(part),
-            "negative_fp_rate": _mean(neg["any_positive_pixel"]),
+            "negative_images_with_positive_pixels": _mean(neg["any_positive_pixel"]),
             "negative_mean_area_fraction": _mean(neg["pred_area_fraction"]),
             "positive_mean_area_fraction": _mean(pos["pred_area_fraction"]),
         }
@@ -248,3 +251,10 @@ def summarize(table: pd.DataFrame) -> dict:
                 entry[ref] = _reference_summary(part, ref)
         out[str(split)] = entry
     return _plain(out)
+
+
+def val_iou_columns(reference: str) -> tuple[str, str]:
+    """Names of the segmentation's per-epoch validation IoUs against ``reference`` (``pseudo``
+    or ``truth``: the masks it trains on), pooled over all val images (the checkpoint's
+    selection score) and mean over the positive ones: a name says what it was measured on."""
+    return f"val_iou_vs_{reference}_pooled", f"val_iou_vs_{reference}_positive_mean"

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from histo_wsss.evaluation import REFERENCES, val_iou_columns
 from histo_wsss.io import atomic_path, read_mask, read_rgb
 
 METADATA = {
@@ -333,7 +334,7 @@ METRICS_TABLE_COLUMNS = {
     "(mean over positives)",
     "head_accuracy": "head accuracy (p ≥ 0.5)",
     "head_auc": "head ROC AUC",
-    "negative_fp_rate": "negatives with any predicted pixel",
+    "negative_images_with_positive_pixels": "share of negative images with any predicted pixel",
 }
 
 
@@ -342,7 +343,7 @@ def metrics_table_rows(summary: Mapping) -> pd.DataFrame:
 
     Columns: ``split`` then :data:`METRICS_TABLE_COLUMNS` (``pseudo_*`` and ``truth_*`` side by
     side). ``truth_*`` columns are left out when no split has ground truth; missing or ``None``
-    values are NaN.
+    values are NaN; scores are rounded to 4 decimals, as the figure shows them.
     """
     with_truth = any("truth" in entry for entry in summary.values())
     rows = []
@@ -362,6 +363,8 @@ def metrics_table_rows(summary: Mapping) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=columns)
     for col in ("n_images", "n_positive"):
         table[col] = table[col].astype("Int64")
+    scores = columns[3:]
+    table[scores] = table[scores].astype(np.float64).round(4)
     return table
 
 
@@ -402,15 +405,7 @@ def metrics_table(summary: Mapping, path: str | os.PathLike, title: str = "") ->
 
 
 CLASSIFIER_CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr")
-SEGMENTATION_CURVE_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_iou",
-    "val_iou_positive_mean",
-    "val_head_accuracy",
-    "lr",
-)
+SEGMENTATION_CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_head_accuracy", "lr")
 
 
 def _read_curve(path: str | os.PathLike, columns: Sequence[str], what: str) -> pd.DataFrame:
@@ -421,6 +416,16 @@ def _read_curve(path: str | os.PathLike, columns: Sequence[str], what: str) -> p
     return table
 
 
+def _segmentation_scores(table: pd.DataFrame, path: str | os.PathLike) -> tuple[str, ...]:
+    """The validation IoUs of a segmentation metrics CSV, against whichever masks it trained on
+    (:func:`histo_wsss.evaluation.val_iou_columns`), then the head's accuracy."""
+    for reference in REFERENCES:
+        if set(val_iou_columns(reference)) <= set(table.columns):
+            return (*val_iou_columns(reference), "val_head_accuracy")
+    wanted = " or ".join(str(list(val_iou_columns(r))) for r in REFERENCES)
+    raise ValueError(f"{path}: not a segmentation metrics CSV (missing {wanted})")
+
+
 def learning_curves(
     classifier_csv: str | os.PathLike,
     segmentation_csv: str | os.PathLike,
@@ -429,14 +434,15 @@ def learning_curves(
     """Both models' learning curves in one figure: one row per model.
 
     Columns: train/val loss, validation scores (classifier: ``val_accuracy``, ``val_auc``;
-    segmentation: ``val_iou``, ``val_iou_positive_mean``, ``val_head_accuracy``), learning rate
-    (log scale when all positive). Columns beyond those named are ignored.
+    segmentation: its IoUs against the masks it trained on, ``val_iou_vs_pseudo_pooled`` and
+    ``val_iou_vs_pseudo_positive_mean`` or their ``vs_truth`` twins, ``val_head_accuracy``),
+    learning rate (log scale when all positive). Columns beyond those named are ignored.
     """
     classifier = _read_curve(classifier_csv, CLASSIFIER_CURVE_COLUMNS, "classifier")
     segmentation = _read_curve(segmentation_csv, SEGMENTATION_CURVE_COLUMNS, "segmentation")
     models = [
         ("classifier", classifier, ("val_accuracy", "val_auc")),
-        ("segmentation", segmentation, SEGMENTATION_CURVE_COLUMNS[3:6]),
+        ("segmentation", segmentation, _segmentation_scores(segmentation, segmentation_csv)),
     ]
     with figure(path, (12, 6.4)) as fig:
         axes = fig.subplots(2, 3)

@@ -22,15 +22,23 @@ pred empty, target not    0      0      1          0
 
 (precision = 1 for an empty prediction: it made no false-positive claim; the miss shows in
 recall, IoU and Dice.) Pass ``zero_division=float("nan")`` to mark undefined ratios instead and
-aggregate with ``np.nanmean``. For dataset-level ("micro") scores, sum the counts over images
-and call :func:`scores_from_counts`.
+aggregate with ``np.nanmean``. For dataset-level ("pooled") scores, sum the counts over images
+and call :func:`scores_from_counts`. :func:`image_scores` leaves the ratios of a negative image
+(empty reference by its label) undefined.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import numpy as np
 
 METRICS = ("iou", "dice", "precision", "recall", "pixel_accuracy")
+#: Ratios that are only 1 or 0 on a negative image (its reference is empty): they say whether
+#: anything was predicted there, which a split's share of negative images with positive pixels
+#: counts; a mean of them means nothing.
+UNDEFINED_ON_NEGATIVES = ("iou", "dice", "precision", "recall")
 
 
 def _check(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,3 +105,12 @@ def scores(
     With ``axis`` the counts are taken along it (e.g. per image) and the values are arrays.
     """
     return scores_from_counts(*confusion(pred, target, axis), zero_division=zero_division)
+
+
+def image_scores(counts: Iterable[int], positive: bool) -> dict:
+    """:func:`scores_from_counts` of one image's ``(tp, fp, fn, tn)``; NaN (an empty CSV cell)
+    for the :data:`UNDEFINED_ON_NEGATIVES` ratios of a negative (not ``positive``) image."""
+    out = scores_from_counts(*counts)
+    if not positive:
+        out.update(dict.fromkeys(UNDEFINED_ON_NEGATIVES, math.nan))
+    return out

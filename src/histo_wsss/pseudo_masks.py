@@ -18,8 +18,9 @@ import pandas as pd
 
 from histo_wsss.io import read_mask, read_rgb, write_png
 from histo_wsss.logs import progress
-from histo_wsss.metrics import METRICS, confusion, scores_from_counts
+from histo_wsss.metrics import METRICS, confusion, image_scores, scores_from_counts
 from histo_wsss.refine import STEPS, RefineParams, refine
+from histo_wsss.splits import SPLITS
 
 COUNTS = ("tp", "fp", "fn", "tn")
 
@@ -52,7 +53,9 @@ def refine_images(
     """Refine every item's CAM; write masks; return per-image rows (and quality when known).
 
     Each row has the name, whether the image is positive, the mask's area fraction after each
-    step, the CRF time, and, for images with a ground-truth mask, ``<step>_<metric>`` scores.
+    step, the CRF time, and, for images with a ground-truth mask, ``<step>_<count>`` pixel counts
+    and ``<step>_<metric>`` scores (:func:`histo_wsss.metrics.image_scores`: a negative image's
+    ratios left empty).
     """
     out_dir = Path(out_dir)
     rows = []
@@ -73,7 +76,7 @@ def refine_images(
             for step in STEPS:
                 counts = dict(zip(COUNTS, confusion(steps[step], truth), strict=True))
                 row.update({f"{step}_{k}": v for k, v in counts.items()})
-                quality = scores_from_counts(*counts.values())
+                quality = image_scores(counts.values(), item.positive)
                 row.update({f"{step}_{m}": round(float(v), 6) for m, v in quality.items()})
         rows.append(row)
     # an empty shard (more shards than images) still gets a table with a header
@@ -81,21 +84,25 @@ def refine_images(
 
 
 def quality_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per refinement step: mean per-image scores and pooled ("micro") scores, positives only.
+    """Per split (``train``, ``val``, ``test``, then ``all`` of them) and refinement step: the
+    mean of the per-image scores and the pooled scores (from summed pixel counts), positive
+    images only.
 
     Negative images are left out: their pseudo-masks are empty by construction, so they would
-    only add perfect scores. Returns one row per step with ``n_images`` and, per metric,
-    ``<metric>_mean`` and ``<metric>_micro``.
+    only add perfect scores. Returns one row per split and step with ``n_images`` and, per
+    metric, ``<metric>_mean`` and ``<metric>_pooled``.
     """
     positives = table[table["positive"] == 1]
+    parts = [(s, positives[positives["split"] == s]) for s in SPLITS]
     rows = []
-    for step in STEPS:
-        if f"{step}_iou" not in positives:
-            continue
-        row = {"step": step, "n_images": len(positives)}
-        pooled = scores_from_counts(*(positives[f"{step}_{k}"].sum() for k in COUNTS))
-        for metric in METRICS:
-            row[f"{metric}_mean"] = round(float(positives[f"{step}_{metric}"].mean()), 6)
-            row[f"{metric}_micro"] = round(float(pooled[metric]), 6)
-        rows.append(row)
+    for split, part in [*((s, p) for s, p in parts if len(p)), ("all", positives)]:
+        for step in STEPS:
+            if f"{step}_iou" not in part:
+                continue
+            row = {"split": split, "step": step, "n_images": len(part)}
+            pooled = scores_from_counts(*(part[f"{step}_{k}"].sum() for k in COUNTS))
+            for metric in METRICS:
+                row[f"{metric}_mean"] = round(float(part[f"{step}_{metric}"].mean()), 6)
+                row[f"{metric}_pooled"] = round(float(pooled[metric]), 6)
+            rows.append(row)
     return pd.DataFrame(rows)

@@ -72,22 +72,26 @@ Training (:func:`train`)
     * SGD (``lr``, ``momentum``, ``weight_decay``) at a constant learning rate (the paper names
       no schedule), ``clip_grad_norm_(grad_clip)`` on every step;
     * validation after every epoch on ALL validation images (positives and negatives), whole,
-      in eval mode, predicting ``sigmoid(logit) >= threshold``:
+      in eval mode, predicting ``sigmoid(logit) >= threshold``, against the masks the network
+      trains on (``targets``: the pseudo-masks, or the real masks with ``ground_truth``), which
+      the names say (:func:`histo_wsss.evaluation.val_iou_columns`; ``<ref>`` is ``pseudo`` or
+      ``truth``): the real masks' scores are the evaluation's, never these;
 
-      - ``val_iou``: pooled ("micro") IoU -- ``tp / (tp + fp + fn)`` of the pixel counts summed
-        over every validation image (:func:`histo_wsss.metrics.scores_from_counts`), so false
-        positives on negative images count;
-      - ``val_iou_positive_mean``: mean of the per-image IoUs of the positive (label 1) images
-        (the reference code's metric; 1.0 for an empty prediction on an empty pseudo-mask); NaN
+      - ``val_iou_vs_<ref>_pooled``: pooled IoU -- ``tp / (tp + fp + fn)`` of the pixel counts
+        summed over every validation image (:func:`histo_wsss.metrics.scores_from_counts`), so
+        false positives on negative images count;
+      - ``val_iou_vs_<ref>_positive_mean``: mean of the per-image IoUs of the positive (label 1)
+        images (the reference code's metric; 1.0 for an empty prediction on an empty mask); NaN
         without positive validation images;
       - ``val_head_accuracy``: share of images whose head probability ``>= 0.5`` agrees with
         the label;
       - ``val_loss``: the loss of each validation batch (same-size images, up to ``batch_size``,
         in the given order) weighted by its size;
-    * the checkpoint is (re)written atomically whenever ``val_iou`` beats the best so far
+    * the checkpoint is (re)written atomically whenever ``val_iou_vs_<ref>_pooled`` beats the
+      best so far
       (:func:`is_improvement`: strictly higher, ties keep the earlier epoch); training stops
       early once ``patience`` epochs in a row have not improved (:func:`should_stop`);
-    * the metrics CSV (:data:`METRICS_COLUMNS`) is rewritten atomically after every epoch;
+    * the metrics CSV (:func:`metrics_columns`) is rewritten atomically after every epoch;
     * deterministic on the CPU: seeds from ``seed``, ``torch.use_deterministic_algorithms(True,
       warn_only=True)`` while training (restored afterwards); the same config and data give the
       same metrics CSV apart from the wall-clock ``seconds`` column, and the same checkpoint.
@@ -115,6 +119,7 @@ from histo_wsss.classifier import ARCHS as TORCHVISION_RESNETS
 from histo_wsss.classifier import CROP, WEIGHTS, preprocess
 from histo_wsss.classifier import build_model as _torchvision_resnet
 from histo_wsss.device import resolve_device
+from histo_wsss.evaluation import val_iou_columns
 from histo_wsss.io import read_mask, read_rgb, write_csv
 from histo_wsss.logs import progress
 from histo_wsss.metrics import confusion, scores_from_counts
@@ -141,13 +146,14 @@ __all__ = [
     "CHECKPOINT_KEYS",
     "DEFAULTS",
     "HEAD_DROPOUT",
-    "METRICS_COLUMNS",
+    "TARGETS",
     "SegmentationLoss",
     "build_model",
     "epoch_items",
     "forward_padded",
     "is_improvement",
     "load_checkpoint",
+    "metrics_columns",
     "negative_probability",
     "predict",
     "resolve_config",
@@ -160,22 +166,31 @@ _log = logging.getLogger(__name__)
 ARCHS = {"DeepLabV3Plus": smp.DeepLabV3Plus, "Unet": smp.Unet}
 HEAD_DROPOUT = 0.2
 CHECKPOINT_KEYS = ("arch", "encoder", "state_dict", "epoch", "metrics", "config")
-METRICS_COLUMNS = (
-    "epoch",
-    "n_train_images",
-    "train_loss",
-    "val_loss",
-    "val_iou",
-    "val_iou_positive_mean",
-    "val_head_accuracy",
-    "lr",
-    "seconds",
-)
+#: What the network may train on (``targets``) and the reference its validation IoUs name.
+TARGETS = {"pseudo": "pseudo", "ground_truth": "truth"}
+_TARGET_WORDS = {"pseudo": "the pseudo-masks", "ground_truth": "the real masks"}
+
+
+def metrics_columns(targets: str) -> tuple[str, ...]:
+    """Columns of the metrics CSV of a network trained on ``targets`` (a :data:`TARGETS` key):
+    its validation IoUs are named after the masks they are measured against."""
+    return (
+        "epoch",
+        "n_train_images",
+        "train_loss",
+        "val_loss",
+        *val_iou_columns(TARGETS[targets]),
+        "val_head_accuracy",
+        "lr",
+        "seconds",
+    )
+
 
 DEFAULTS: dict = {
     "arch": "DeepLabV3Plus",
     "encoder": "resnet101",
     "encoder_weights": None,
+    "targets": "pseudo",
     "crop_size": None,
     "epochs": 50,
     "batch_size": 16,
@@ -233,6 +248,8 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     ok = w is None or isinstance(w, str | os.PathLike)
     require("segmentation", ok, "encoder_weights", w, WEIGHTS)
     out["encoder_weights"] = parse_weights(w)
+    t = out["targets"]
+    require("segmentation", t in TARGETS, "targets", t, f"one of {tuple(TARGETS)}")
     c = out["crop_size"]
     require("segmentation", c is None or (is_int(c) and c >= 32), "crop_size", c, CROP)
     for key in ("epochs", "batch_size", "patience"):
@@ -546,7 +563,8 @@ def train(
     """Train the segmentation network; write the best checkpoint and the per-epoch metrics CSV.
 
     ``train_items`` / ``val_items``: ``(image_path, mask_path, label01)`` -- RGB images, their
-    pseudo-masks (PNG, non-zero = foreground; all-zero for negative images) and image labels.
+    masks (``targets``: the pseudo-masks or the real masks; PNG, non-zero = foreground; all-zero
+    for negative images) and image labels.
     Images may differ in size (batches hold one size). ``cfg``: the ``segmentation`` config (see
     :data:`DEFAULTS`, :func:`resolve_config`, the module docstring for the procedure).
 
@@ -554,7 +572,7 @@ def train(
     ``torch.save`` of ``{"arch", "encoder", "state_dict" (CPU tensors), "epoch", "metrics" (that
     epoch's row without ``seconds``), "config" (the resolved config, a local ``encoder_weights``
     file by its name only: the checkpoint does not depend on the folder a run lives in)}``.
-    ``metrics_path`` (CSV, columns :data:`METRICS_COLUMNS`, one row per epoch, ``epoch`` from 1
+    ``metrics_path`` (CSV, columns :func:`metrics_columns`, one row per epoch, ``epoch`` from 1
     as in the log, ``lr`` the SGD learning rate, ``seconds`` wall-clock) is rewritten atomically
     after every epoch.
 
@@ -597,10 +615,15 @@ def _train(
     labelled = [(i, int(label)) for i, label in enumerate(train_data.labels)]
     val_batches = size_batches(range(len(val_data)), val_data.sizes, cfg["batch_size"])
     epochs, seed = cfg["epochs"], cfg["seed"]
+    reference = TARGETS[cfg["targets"]]
+    columns = metrics_columns(cfg["targets"])
+    selected, positive_mean = val_iou_columns(reference)
     log.info(
-        "training %s/%s on %s: %d train (%d positive) / %d val images, up to %d epochs",
+        "training %s/%s on %s: %d train (%d positive) / %d val images, up to %d epochs, "
+        "selecting the checkpoint on %s (IoU against %s of the val images)",
         cfg["arch"], cfg["encoder"], device_label(device), len(train_data),
-        int(train_data.labels.sum()), len(val_data), epochs,
+        int(train_data.labels.sum()), len(val_data), epochs, selected,
+        _TARGET_WORDS[cfg["targets"]],
     )  # fmt: skip
 
     rows: list[dict] = []
@@ -649,7 +672,7 @@ def _train(
             bar.set_postfix(loss=f"{value:.4f}")
         bar.close()
 
-        val = _validate(model, val_data, val_batches, loss_fn, cfg["threshold"], device)
+        val = _validate(model, val_data, val_batches, loss_fn, cfg["threshold"], device, reference)
         row = {
             "epoch": epoch + 1,
             "n_train_images": n_used,
@@ -658,11 +681,11 @@ def _train(
             "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": round(time.perf_counter() - start, 3),
         }
-        row = {k: row[k] for k in METRICS_COLUMNS}
+        row = {k: row[k] for k in columns}
         rows.append(row)
-        write_csv(metrics_path, pd.DataFrame(rows, columns=list(METRICS_COLUMNS)))
-        improved = is_improvement(row["val_iou"], None if best is None else best["val_iou"])
-        history.append(row["val_iou"])
+        write_csv(metrics_path, pd.DataFrame(rows, columns=list(columns)))
+        improved = is_improvement(row[selected], None if best is None else best[selected])
+        history.append(row[selected])
         if improved:
             best = {k: v for k, v in row.items() if k != "seconds"}
             save_checkpoint(
@@ -677,19 +700,24 @@ def _train(
                 },
             )
         log.info(
-            "epoch %d/%d: %d images, train_loss %.4f val_loss %.4f val_iou %.4f "
-            "val_iou_positive_mean %.4f val_head_accuracy %.4f, %.1f s (%s)%s",
-            *(epoch + 1, epochs, n_used, row["train_loss"], row["val_loss"], row["val_iou"]),
-            *(row["val_iou_positive_mean"], row["val_head_accuracy"], row["seconds"]),
+            "epoch %d/%d: %d images, train_loss %.4f val_loss %.4f %s %.4f %s %.4f "
+            "val_head_accuracy %.4f, %.1f s (%s)%s",
+            *(epoch + 1, epochs, n_used, row["train_loss"], row["val_loss"]),
+            *(selected, row[selected], positive_mean, row[positive_mean]),
+            *(row["val_head_accuracy"], row["seconds"]),
             clock.summary(),
             " (best so far, saved)" if improved else "",
         )
         if should_stop(history, cfg["patience"]):
-            log.info("early stopping: no better val_iou in the last %d epochs", cfg["patience"])
+            log.info(
+                "early stopping: no better %s in the last %d epochs", selected, cfg["patience"]
+            )
             break
     if best is None:
-        raise RuntimeError("no epoch had a finite val_iou; no checkpoint was written")
-    log.info("best epoch %d: val_iou %.4f -> %s", best["epoch"], best["val_iou"], checkpoint_path)
+        raise RuntimeError(f"no epoch had a finite {selected}; no checkpoint was written")
+    log.info(
+        "best epoch %d: %s %.4f -> %s", best["epoch"], selected, best[selected], checkpoint_path
+    )
     return best
 
 
@@ -700,8 +728,10 @@ def _validate(
     loss_fn: SegmentationLoss,
     threshold: float,
     device: torch.device,
+    reference: str,
 ) -> dict:
-    """``val_loss``, ``val_iou`` (pooled), ``val_iou_positive_mean``, ``val_head_accuracy``."""
+    """``val_loss``, the IoUs vs ``reference`` (:func:`histo_wsss.evaluation.val_iou_columns`:
+    pooled, positive mean) and ``val_head_accuracy``."""
     was_training = model.training
     model.eval()
     counts = np.zeros((len(data), 4), dtype=np.int64)  # tp, fp, fn, tn per image
@@ -724,10 +754,11 @@ def _validate(
     pooled = scores_from_counts(*counts.sum(0))
     per_image = scores_from_counts(*counts.T)["iou"]
     positive = data.labels == 1
+    pooled_name, mean_name = val_iou_columns(reference)
     return {
         "val_loss": loss_sum / len(data),
-        "val_iou": pooled["iou"],
-        "val_iou_positive_mean": float(per_image[positive].mean()) if positive.any() else math.nan,
+        pooled_name: pooled["iou"],
+        mean_name: float(per_image[positive].mean()) if positive.any() else math.nan,
         "val_head_accuracy": float(np.mean((head_prob >= 0.5) == positive)),
     }
 

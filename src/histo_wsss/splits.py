@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+SPLITS = ("train", "val", "test")
+
 
 def make_split(
     table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int

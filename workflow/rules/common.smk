@@ -438,9 +438,10 @@ if SEGMENTATION_TARGETS == "ground_truth" and not HAS_MASKS:
 
 
 def segmentation_config():
-    """The `segmentation` section as the library takes it (`targets` is the DAG's choice;
-    `encoder_weights: classifier` or `pretrained` becomes the file's path)."""
-    cfg = {k: v for k, v in config["segmentation"].items() if k != "targets"}
+    """The `segmentation` section as the library takes it (`targets` picks the DAG's masks and
+    names the validation IoUs; `encoder_weights: classifier` or `pretrained` becomes the file's
+    path)."""
+    cfg = dict(config["segmentation"])
     if ENCODER_FROM_CLASSIFIER:
         cfg["encoder_weights"] = CLASSIFIER_MODEL
     elif _pretrained("segmentation", "encoder_weights"):
