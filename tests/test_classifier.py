@@ -11,6 +11,7 @@ from torchvision.models import resnet18, resnet34
 from histo_wsss.classifier import (
     build_model,
     evaluate,
+    evaluation_line,
     is_improvement,
     learning_curve,
     load_checkpoint,
@@ -80,6 +81,14 @@ def test_evaluate_on_hand_made_predictions():
     assert result["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert result["auc"] == pytest.approx(5 / 6)  # 5 of the 6 positive-negative pairs ordered
     assert math.isnan(evaluate([1, 1], [0.2, 0.9])["auc"])
+
+
+def test_an_evaluation_is_logged_as_a_readable_line():
+    line = evaluation_line(evaluate([1, 1, 0, 0, 0], [0.9, 0.4, 0.6, 0.1, 0.2]))
+    assert line == (
+        "5 images: accuracy 0.6000, balanced accuracy 0.5833, ROC AUC 0.8333 (positive from "
+        "p >= 0.5: 1 true and 1 false positives, 2 true and 1 false negatives)"
+    )
 
 
 def _squares(root, n=16, size=64):

@@ -14,6 +14,7 @@ from histo_wsss.evaluation import (
     has_path,
     predicted_mask,
     summarize,
+    summary_lines,
 )
 from histo_wsss.io import write_png
 from histo_wsss.metrics import METRICS
@@ -246,3 +247,15 @@ def test_bad_inputs(rows, tmp_path):
     write_png(tmp_path / "small.png", np.zeros((2, 2), dtype=bool))
     with pytest.raises(ValueError, match="shape"):
         evaluate_images([{**rows[0], "pseudo_path": str(tmp_path / "small.png")}])
+
+
+def test_summary_lines_put_each_split_and_reference_in_words(rows):
+    lines = summary_lines(summarize(evaluate_images(rows)))
+    assert lines[0] == (
+        "val: 4 images (2 positive); head accuracy 0.5000, ROC AUC 0.7500; "
+        "negative images with positive pixels 0.5000 of 2"
+    )
+    assert lines[1].startswith("val vs pseudo: IoU positive mean 0.1667 (all-positive baseline ")
+    assert lines[2].startswith("val vs truth: IoU positive mean 0.4000")
+    assert "ROC AUC undefined" in lines[3] and "of 0" in lines[3]  # test: one positive image
+    assert not any("{" in line for line in lines)  # no raw dict

@@ -90,6 +90,7 @@ __all__ = [
     "SELECTION_METRICS",
     "build_model",
     "evaluate",
+    "evaluation_line",
     "is_improvement",
     "learning_curve",
     "load_checkpoint",
@@ -460,6 +461,17 @@ def evaluate(labels: Sequence[int], probs: Sequence[float], threshold: float = 0
         "auc": float(roc_auc_score(y, p)) if both else math.nan,
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
     }
+
+
+def evaluation_line(scores: Mapping) -> str:
+    """An :func:`evaluate` dict in words, for the log."""
+    c = scores["confusion"]
+    return (
+        f"{scores['n']} images: accuracy {scores['accuracy']:.4f}, balanced accuracy "
+        f"{scores['balanced_accuracy']:.4f}, ROC AUC {scores['auc']:.4f} (positive from p >= "
+        f"{scores['threshold']}: {c['tp']} true and {c['fp']} false positives, {c['tn']} true "
+        f"and {c['fn']} false negatives)"
+    )
 
 
 def is_improvement(metric: str, row: Mapping, best: Mapping | None) -> bool:

@@ -1,7 +1,8 @@
 """Evaluation of the segmentation network against pseudo-masks and, when present, ground truth.
 
 :func:`evaluate_images` scores every image on its own (one table row per image);
-:func:`summarize` aggregates that table per split into a JSON-ready dict.
+:func:`summarize` aggregates that table per split into a JSON-ready dict, which
+:func:`summary_lines` puts into words for the log.
 
 Per image (``evaluate_images``)
 -------------------------------
@@ -81,6 +82,7 @@ __all__ = [
     "has_path",
     "predicted_mask",
     "summarize",
+    "summary_lines",
     "val_iou_columns",
 ]
 
@@ -251,6 +253,34 @@ def summarize(table: pd.DataFrame) -> dict:
                 entry[ref] = _reference_summary(part, ref)
         out[str(split)] = entry
     return _plain(out)
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
+def summary_lines(summary: Mapping) -> list[str]:
+    """A :func:`summarize` dict in words, for the log: per split, its images, the head's scores
+    and the negatives marked, then one line of IoU and Dice against each reference."""
+    lines = []
+    for split, entry in summary.items():
+        lines.append(
+            f"{split}: {entry['n_images']} images ({entry['n_positive']} positive); head "
+            f"accuracy {_number(entry['head_accuracy'])}, ROC AUC {_number(entry['head_auc'])}; "
+            f"negative images with positive pixels "
+            f"{_number(entry['negative_images_with_positive_pixels'])} of {entry['n_negative']}"
+        )
+        for ref in REFERENCES:
+            if ref in entry:
+                mean, pooled = entry[ref]["positive_mean"], entry[ref]["pooled"]
+                baseline = entry[ref]["all_positive_baseline"]
+                lines.append(
+                    f"{split} vs {ref}: IoU positive mean {_number(mean['iou'])} (all-positive "
+                    f"baseline {_number(baseline['iou'])}), pooled {_number(pooled['iou'])}, "
+                    f"mIoU pooled {_number(pooled['miou'])}; Dice positive mean "
+                    f"{_number(mean['dice'])}, pooled {_number(pooled['dice'])}"
+                )
+    return lines
 
 
 def val_iou_columns(reference: str) -> tuple[str, str]:

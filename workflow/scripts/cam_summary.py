@@ -22,4 +22,8 @@ with job_log(snakemake.log[0]) as log:
             for part, rows in positives.groupby("split")
         }
     write_json(snakemake.output[0], summary)
-    log.info("%s", summary)
+    for part, entry in summary.get("peak_in_mask", {}).items():
+        log.info(
+            "%s: CAM peak inside the real mask for a share %.4f of %d positive images",
+            *(part, entry["share"], entry["n_positive"]),
+        )

@@ -2,7 +2,7 @@
 
 import torch
 
-from histo_wsss.classifier import evaluate, load_checkpoint, predict
+from histo_wsss.classifier import evaluate, evaluation_line, load_checkpoint, predict
 from histo_wsss.device import resolve_device
 from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.io import write_json
@@ -22,5 +22,5 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
         paths = [snakemake.params.images[n] for n in rows["name"]]
         probs = predict(model, paths, snakemake.params.batch_size, device)
         results[part] = evaluate(rows["positive"].tolist(), probs.tolist())
-        log.info("%s: %s", part, results[part])
+        log.info("%s: %s", part, evaluation_line(results[part]))
     write_json(snakemake.output[0], results)

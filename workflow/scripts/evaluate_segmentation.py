@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from histo_wsss.evaluation import evaluate_images, summarize
+from histo_wsss.evaluation import evaluate_images, summarize, summary_lines
 from histo_wsss.io import write_csv, write_json
 from histo_wsss.logs import job_log
 
@@ -19,4 +19,5 @@ with job_log(snakemake.log[0]) as log:
     write_csv(snakemake.output.table, table)
     summary = summarize(table)
     write_json(snakemake.output.summary, summary)
-    log.info("%s", summary)
+    for line in summary_lines(summary):
+        log.info("%s", line)

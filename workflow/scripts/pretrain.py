@@ -34,5 +34,4 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
             log.info("%d extra image(s) kept their colours (too little tissue, or no fit): %s",
                      len(kept), ", ".join(kept[:10]))  # fmt: skip
     log.info("pretraining on %d train+val images and %d extra images", len(names), len(extra))
-    last = train(images, p.pretrain, snakemake.output.encoder, snakemake.output.metrics, log=log)
-    log.info("last epoch: %s", last)
+    train(images, p.pretrain, snakemake.output.encoder, snakemake.output.metrics, log=log)

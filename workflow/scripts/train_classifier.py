@@ -36,7 +36,6 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
         "patches" if snakemake.input.patches else "whole images",
         {part: len(rows) for part, rows in items.items()},
     )
-    best = train(
+    train(
         items["train"], items["val"], cfg, snakemake.output.model, snakemake.output.metrics, log=log
     )
-    log.info("best epoch: %s", best)

@@ -18,7 +18,7 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
         ]
         for part, rows in split.groupby("split")
     }
-    best = train(
+    train(
         items["train"],
         items["val"],
         p.segmentation,
@@ -26,4 +26,3 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
         snakemake.output.metrics,
         log=log,
     )
-    log.info("best epoch: %s", best)
