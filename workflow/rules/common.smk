@@ -122,7 +122,9 @@ def _samples():
                 n: f"{masks}/{n}.png" for n in names
             }
         table = load_labels(
-            spec, checked=manifest_keys(MANIFEST), min_class_images=MIN_CLASS_IMAGES_NEEDED
+            spec,
+            checked=manifest_keys(MANIFEST),
+            min_class_images=MIN_CLASS_IMAGES_NEEDED,
         )
     except DatasetError as err:
         raise WorkflowError(f"invalid dataset: {err}") from None
@@ -218,7 +220,9 @@ def shard_file_paths(stage, files):
 
 # A folder dataset's files with their sizes and times, read once per DAG build (none for the
 # demo, whose files a job makes): the digests that rerun a job when one of its files changes.
-SAMPLE_FILES = None if DEMO else manifest(SAMPLE_IMAGES, SAMPLE_MASKS if HAS_MASKS else {})
+SAMPLE_FILES = (
+    None if DEMO else manifest(SAMPLE_IMAGES, SAMPLE_MASKS if HAS_MASKS else {})
+)
 
 
 def dataset_fingerprint():
