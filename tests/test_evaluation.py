@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -259,3 +261,26 @@ def test_summary_lines_put_each_split_and_reference_in_words(rows):
     assert lines[2].startswith("val vs truth: IoU positive mean 0.4000")
     assert "ROC AUC undefined" in lines[3] and "of 0" in lines[3]  # test: one positive image
     assert not any("{" in line for line in lines)  # no raw dict
+
+
+#: Names replaced by ones that say what was measured, and where they must not come back.
+RETIRED = {
+    r"\bnegative_fp_rate\b": "negative_images_with_positive_pixels",
+    r"\bval_iou\b": "val_iou_vs_pseudo_pooled / val_iou_vs_truth_pooled",
+    r"\bval_iou_positive_mean\b": "val_iou_vs_pseudo_positive_mean / ..._vs_truth_...",
+    r"\bmicro\b|_micro\b": "pooled",
+}
+
+
+def test_retired_names_do_not_come_back():
+    repo = Path(__file__).resolve().parents[1]
+    files = [repo / "README.md", repo / "Snakefile", *(repo / "src").rglob("*.py")]
+    files += [f for f in (repo / "workflow").rglob("*") if f.suffix in {".py", ".smk", ".rst"}]
+    files += [repo / "workflow" / "schemas" / "config.schema.yaml"]
+    found = [
+        f"{f.relative_to(repo)}: {pattern} (now {new})"
+        for f in files
+        for pattern, new in RETIRED.items()
+        if re.search(pattern, f.read_text(encoding="utf-8"))
+    ]
+    assert not found

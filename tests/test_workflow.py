@@ -72,8 +72,11 @@ def test_classifier_cams_and_pseudo_masks(run):
         assert set(values) <= {0, 255}
         assert (255 in values) <= positive[name]  # negative images: all background
     quality = pd.read_csv(results / "pseudo_masks" / "quality_summary.csv")
-    assert list(quality["step"]) == ["threshold", "morphology", "small_objects", "crf"]
-    assert (quality["n_images"] == sum(positive.values())).all()
+    assert list(quality["split"].unique())[-1] == "all"
+    everything = quality[quality["split"] == "all"]
+    assert list(everything["step"]) == ["threshold", "morphology", "small_objects", "crf"]
+    assert (everything["n_images"] == sum(positive.values())).all()
+    assert "iou_pooled" in quality and "iou_micro" not in quality
     assert (results / "figures" / "pseudo_mask_steps.png").stat().st_size > 20_000
 
 
@@ -85,6 +88,11 @@ def test_segmentation_predictions_evaluation_figures_and_report(run):
     log = (results / "logs" / "train_segmentation.log").read_text()
     assert "classifier/model.pt: loaded into the resnet18 encoder" in log  # the demo's default
     assert "epoch 1/2:" in log and "epoch 2/2:" in log and "\r" not in log  # no bar text
+    assert "selecting the checkpoint on val_iou_vs_pseudo_pooled" in log
+    assert list(metrics.columns[4:6]) == [
+        "val_iou_vs_pseudo_pooled",
+        "val_iou_vs_pseudo_positive_mean",
+    ]
     predictions = pd.read_csv(results / "segmentation" / "predictions" / "predictions.csv")
     held_out = split[split["split"].isin(["val", "test"])]
     assert sorted(predictions["name"]) == sorted(held_out["name"])
@@ -94,6 +102,12 @@ def test_segmentation_predictions_evaluation_figures_and_report(run):
     assert 0 <= prob.min() and prob.max() <= 1
     per_image = pd.read_csv(results / "segmentation" / "per_image.csv")
     assert {"pseudo_iou", "truth_iou", "head_prob"} <= set(per_image.columns)
+    negatives = per_image[per_image["label"] == 0]
+    assert (
+        len(negatives) and negatives[["pseudo_iou", "truth_iou", "truth_dice"]].isna().all().all()
+    )
+    evaluation_log = (results / "logs" / "evaluate_segmentation.log").read_text()
+    assert "test vs truth: IoU positive mean " in evaluation_log and "{" not in evaluation_log
     summary = json.loads((results / "segmentation" / "evaluation.json").read_text())
     assert set(summary) == {"val", "test"}
     assert {"pseudo", "truth", "negative_images_with_positive_pixels", "head_accuracy"} <= set(
