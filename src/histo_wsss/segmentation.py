@@ -75,7 +75,8 @@ Training (:func:`train`)
       in eval mode, predicting ``sigmoid(logit) >= threshold``, against the masks the network
       trains on (``targets``: the pseudo-masks, or the real masks with ``ground_truth``), which
       the names say (:func:`histo_wsss.evaluation.val_iou_columns`; ``<ref>`` is ``pseudo`` or
-      ``truth``): the real masks' scores are the evaluation's, never these;
+      ``truth``): a pseudo-mask-trained network's scores against the real masks are the
+      evaluation's (``truth_*``), never these;
 
       - ``val_iou_vs_<ref>_pooled``: pooled IoU -- ``tp / (tp + fp + fn)`` of the pixel counts
         summed over every validation image (:func:`histo_wsss.metrics.scores_from_counts`), so
@@ -88,9 +89,9 @@ Training (:func:`train`)
       - ``val_loss``: the loss of each validation batch (same-size images, up to ``batch_size``,
         in the given order) weighted by its size;
     * the checkpoint is (re)written atomically whenever ``val_iou_vs_<ref>_pooled`` beats the
-      best so far
-      (:func:`is_improvement`: strictly higher, ties keep the earlier epoch); training stops
-      early once ``patience`` epochs in a row have not improved (:func:`should_stop`);
+      best so far (:func:`is_improvement`: strictly higher, ties keep the earlier epoch);
+      training stops early once ``patience`` epochs in a row have not improved
+      (:func:`should_stop`);
     * the metrics CSV (:func:`metrics_columns`) is rewritten atomically after every epoch;
     * deterministic on the CPU: seeds from ``seed``, ``torch.use_deterministic_algorithms(True,
       warn_only=True)`` while training (restored afterwards); the same config and data give the
