@@ -1,0 +1,155 @@
+"""The GlaS ablation of docs/results.md: encoder initialisation, weak vs supervised targets.
+
+Runs the real Snakefile on ``config/glas.yaml`` and variants of it, each in its own results
+folder, then prints one markdown table per stage (classifier, pseudo-masks, segmentation) with
+the all-positive baseline and the supervised upper bound beside the weakly supervised scores.
+
+Variants:
+  classifier  the preset: classifier from random weights, segmentation encoder from it
+  random      segmentation encoder from random weights (classifier, CAMs, masks as the preset)
+  pretrained  SimCLR on the dataset's train+val images, then classifier and encoder from it
+Each variant also trains the segmentation network on the real masks (``targets:
+ground_truth``): the supervised upper bound with the same initialisation. Variants that share
+everything upstream of the segmentation copy the finished folder (times preserved) and force
+only ``train_segmentation`` and what follows it, instead of retraining the classifier.
+
+Figures come from train and val only, unless ``--split test`` (look at the test split once, at
+the end: docs/results.md).
+
+    python benchmarks/glas_ablation.py [--runs classifier random_upper ...] [--split val]
+
+``--runs`` with no names only tabulates the finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "config" / "glas.yaml"
+# variant -> (folder it copies its upstream from, or None; overrides of the preset)
+VARIANTS = {
+    "classifier": (None, {}),
+    "random": ("classifier", {"segmentation": {"encoder_weights": None}}),
+    "pretrained": (
+        None,
+        {
+            "classifier": {"weights": "pretrained"},
+            "segmentation": {"encoder_weights": "pretrained"},
+        },
+    ),
+}
+UPPER = {"segmentation": {"targets": "ground_truth"}}
+STEPS = ("threshold", "morphology", "small_objects", "crf")
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def folder(name: str) -> Path:
+    return ROOT / "results" / f"glas_ablation_{name}"
+
+
+def run(name: str, copy_from: str | None, overrides: dict, cores: int) -> float:
+    """Run one variant to the end; return its wall time in seconds."""
+    out = folder(name)
+    if copy_from is not None and not out.exists():
+        shutil.copytree(folder(copy_from), out, symlinks=True)
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "variant.yaml"
+    config.write_text(yaml.safe_dump({**overrides, "results": str(out.relative_to(ROOT))}))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(cores),
+        "--configfile",
+        str(PRESET),
+        str(config),
+    ]
+    if copy_from is not None:
+        # a copy has no run records here: rerun the segmentation on purpose, nothing upstream
+        cmd += ["--rerun-triggers", "mtime", "--forcerun", "train_segmentation"]
+    start = time.perf_counter()
+    with open(out / "ablation.log", "a") as log:
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return time.perf_counter() - start
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stage_rows(name: str, split: str) -> dict:
+    """This variant's figures on ``split`` (positives' means; see docs/results.md)."""
+    out, upper = folder(name), folder(f"{name}_upper")
+    clf = read(out / "classifier" / "evaluation.json").get(split, {})
+    cam = read(out / "cam" / "summary.json").get("peak_in_mask", {}).get(split)
+    quality = pd.read_csv(out / "pseudo_masks" / "quality.csv")
+    quality = quality[(quality["positive"] == 1) & (quality["split"] == split)]
+    seg = read(out / "segmentation" / "evaluation.json").get(split, {})
+    sup = read(upper / "segmentation" / "evaluation.json").get(split, {})
+    truth = seg.get("truth", {})
+    return {
+        "classifier": {
+            "accuracy": clf.get("accuracy"),
+            "AUC": clf.get("auc"),
+            "CAM peak in mask": cam,
+        },
+        "pseudo-masks": {f"IoU {s}": quality[f"{s}_iou"].mean() for s in STEPS},
+        "segmentation": {
+            "IoU vs real masks": truth.get("positive_mean", {}).get("iou"),
+            "Dice vs real masks": truth.get("positive_mean", {}).get("dice"),
+            "negative FP rate": seg.get("negative_fp_rate"),
+            "all-positive IoU": truth.get("all_positive_baseline", {}).get("iou"),
+            "upper bound IoU": sup.get("truth", {}).get("positive_mean", {}).get("iou"),
+            "upper bound Dice": sup.get("truth", {}).get("positive_mean", {}).get("dice"),
+        },
+    }
+
+
+RUNS = [*VARIANTS, *(f"{name}_upper" for name in VARIANTS)]
+
+
+def plan(name: str) -> tuple[str | None, dict]:
+    """(folder it copies from, overrides) of a run: a variant, or ``<variant>_upper``, its
+    supervised upper bound (a copy of the variant's folder, segmentation on the real masks)."""
+    if name.endswith("_upper"):
+        variant = name.removesuffix("_upper")
+        return variant, merge(VARIANTS[variant][1], UPPER)
+    return VARIANTS[name]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="*", default=RUNS, choices=RUNS, help="runs to run")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    for name in args.runs:
+        seconds = run(name, *plan(name), args.cores)
+        print(f"{name}: {seconds / 60:.1f} min", flush=True)
+    names = [name for name in VARIANTS if (folder(name) / "segmentation").is_dir()]
+    rows = {name: stage_rows(name, args.split) for name in names}
+    for stage in ("classifier", "pseudo-masks", "segmentation"):
+        table = pd.DataFrame({name: rows[name][stage] for name in rows}).T
+        print(f"\n{stage} ({args.split} positives; encoder initialisation per row)\n")
+        print(table.to_markdown(floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()
