@@ -114,7 +114,7 @@ def stage_rows(name: str, split: str) -> dict:
         "segmentation": {
             "IoU vs real masks": truth.get("positive_mean", {}).get("iou"),
             "Dice vs real masks": truth.get("positive_mean", {}).get("dice"),
-            "negative FP rate": seg.get("negative_fp_rate"),
+            "negatives with positive pixels": seg.get("negative_images_with_positive_pixels"),
             "all-positive IoU": truth.get("all_positive_baseline", {}).get("iou"),
             "upper bound IoU": sup.get("truth", {}).get("positive_mean", {}).get("iou"),
             "upper bound Dice": sup.get("truth", {}).get("positive_mean", {}).get("dice"),
