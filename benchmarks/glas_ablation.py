@@ -27,15 +27,15 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PRESET = ROOT / "config" / "glas.yaml"
+from common import ENV, REPO, SNAKEMAKE, report
+
+PRESET = REPO / "config" / "glas.yaml"
 # variant -> (folder it copies its upstream from, or None; overrides of the preset)
 VARIANTS = {
     "classifier": (None, {}),
@@ -60,33 +60,27 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def folder(name: str) -> Path:
-    return ROOT / "results" / f"glas_ablation_{name}"
+    return REPO / "results" / f"glas_ablation_{name}"
 
 
 def run(name: str, copy_from: str | None, overrides: dict, cores: int) -> float:
     """Run one variant to the end; return its wall time in seconds."""
     out = folder(name)
     if copy_from is not None and not out.exists():
-        shutil.copytree(folder(copy_from), out, symlinks=True)
+        partial = out.with_name(f"{out.name}.copying")  # an interrupted copy is never used
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(folder(copy_from), partial, symlinks=True)
+        partial.rename(out)
     out.mkdir(parents=True, exist_ok=True)
     config = out / "variant.yaml"
-    config.write_text(yaml.safe_dump({**overrides, "results": str(out.relative_to(ROOT))}))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        str(cores),
-        "--configfile",
-        str(PRESET),
-        str(config),
-    ]
+    config.write_text(yaml.safe_dump({**overrides, "results": str(out.relative_to(REPO))}))
+    cmd = [str(SNAKEMAKE), "--cores", str(cores), "--configfile", str(PRESET), str(config)]
     if copy_from is not None:
         # a copy has no run records here: rerun the segmentation on purpose, nothing upstream
         cmd += ["--rerun-triggers", "mtime", "--forcerun", "train_segmentation"]
     start = time.perf_counter()
     with open(out / "ablation.log", "a") as log:
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(cmd, cwd=REPO, env=ENV, check=True, stdout=log, stderr=subprocess.STDOUT)
     return time.perf_counter() - start
 
 
@@ -146,9 +140,9 @@ def main() -> None:
     names = [name for name in VARIANTS if (folder(name) / "segmentation").is_dir()]
     rows = {name: stage_rows(name, args.split) for name in names}
     for stage in ("classifier", "pseudo-masks", "segmentation"):
-        table = pd.DataFrame({name: rows[name][stage] for name in rows}).T
         print(f"\n{stage} ({args.split} positives; encoder initialisation per row)\n")
-        print(table.to_markdown(floatfmt=".3f"))
+        table = [{"variant": name, **rows[name][stage]} for name in names]
+        report(f"glas_ablation_{args.split}_{stage}", table, {"preset": str(PRESET)})
 
 
 if __name__ == "__main__":
