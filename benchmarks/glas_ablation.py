@@ -137,7 +137,8 @@ def main() -> None:
     for name in args.runs:
         seconds = run(name, *plan(name), args.cores)
         print(f"{name}: {seconds / 60:.1f} min", flush=True)
-    names = [name for name in VARIANTS if (folder(name) / "segmentation").is_dir()]
+    done = [folder(name) / "segmentation" / "evaluation.json" for name in VARIANTS]
+    names = [name for name, path in zip(VARIANTS, done, strict=True) if path.is_file()]
     rows = {name: stage_rows(name, args.split) for name in names}
     for stage in ("classifier", "pseudo-masks", "segmentation"):
         print(f"\n{stage} ({args.split} positives; encoder initialisation per row)\n")
