@@ -13,7 +13,7 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     device = resolve_device(snakemake.params.device)
     model = load_checkpoint(snakemake.input.model, device)
-    split = read_split(snakemake.input.split, snakemake.params.positive_class)
+    split = read_split(snakemake.input.split, [snakemake.params.positive_class])
     results = {}
     for part in ("val", "test"):
         rows = split[split["split"] == part]

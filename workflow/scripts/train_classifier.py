@@ -25,7 +25,7 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
         ]
         table = table.assign(path=paths).sort_values("name", kind="stable")
     else:
-        table = read_split(snakemake.input.split, snakemake.params.positive_class)
+        table = read_split(snakemake.input.split, [snakemake.params.positive_class])
         table["path"] = [snakemake.params.images[n] for n in table["name"]]
     items = {
         part: list(zip(rows["path"], rows["positive"], strict=True))
