@@ -489,7 +489,19 @@ def new_images():
     return folder_images("predict.images", folder) if folder else []
 
 
+# Stages that handle K classes so far (issue 15); CAMs, pseudo-masks and segmentation are
+# binary still, so a multi-label dataset's run ends with the classifier.
+MULTI_LABEL = DATASET_SPEC.format == "tags"
+
+
 def final_outputs():
+    if MULTI_LABEL:
+        return [
+            f"{RESULTS}/split/split.csv",
+            f"{RESULTS}/stain/qc.csv",
+            f"{RESULTS}/classifier/evaluation.json",
+            f"{RESULTS}/figures/classifier_learning_curve.png",
+        ]
     outputs = [
         f"{RESULTS}/split/split.csv",
         f"{RESULTS}/stain/qc.csv",
