@@ -140,7 +140,7 @@ def test_training_writes_checkpoint_and_metrics(trained):
     assert lr[-1] < lr.max() / 5
     model = load_checkpoint(root / "a" / "m.pt")
     probs = predict(model, [p for p, _ in items[12:]], 2, torch.device("cpu"))
-    assert probs.shape == (4,) and ((probs >= 0) & (probs <= 1)).all()
+    assert probs.shape == (4, 1) and ((probs >= 0) & (probs <= 1)).all()
     assert best["epoch"] in metrics["epoch"].tolist()
 
 
@@ -195,7 +195,7 @@ def test_checkpoint_holds_the_selected_epoch(trained):
     assert ckpt["metrics"] == best and "seconds" not in best
     probs = predict(load_checkpoint(root / "a" / "m.pt"), [p for p, _ in items[12:]], 3, "cpu")
     labels = [label for _, label in items[12:]]
-    assert evaluate(labels, probs)["accuracy"] == pytest.approx(best["val_accuracy"])
+    assert evaluate(labels, probs[:, 0])["accuracy"] == pytest.approx(best["val_accuracy"])
 
 
 def test_a_frozen_epoch_changes_only_the_head(tmp_path):
@@ -292,3 +292,52 @@ def test_flips_are_drawn_independently():
         out = data[0][0]
         seen.add(next(i for i, v in enumerate(variants) if torch.equal(out, preprocess(v.copy()))))
     assert seen == {0, 1, 2, 3}
+
+
+def test_k_classes_are_scored_each_and_on_average():
+    labels = [[1, 0, 1], [1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    probs = [[0.9, 0.2, 0.8], [0.4, 0.7, 0.1], [0.3, 0.6, 0.2], [0.1, 0.3, 0.3]]
+    result = evaluate(labels, probs, classes=["tumor", "stroma", "normal"])
+    per = result["classes"]
+    assert per["tumor"] == evaluate([1, 1, 0, 0], [0.9, 0.4, 0.3, 0.1])
+    assert per["normal"]["accuracy"] == pytest.approx(3 / 4)  # 0.3 < 0.5 misses image 4
+    assert result["accuracy"] == pytest.approx(np.mean([3 / 4, 1, 3 / 4]))
+    assert result["auc"] == pytest.approx(1.0)
+    assert result["exact_match"] == pytest.approx(2 / 4)
+    assert evaluate([[1], [0]], [[0.8], [0.3]]) == evaluate([1, 0], [0.8, 0.3])  # K = 1
+    line = evaluation_line(result)
+    assert line.startswith("4 images, 3 classes: mean accuracy 0.8333") and "stroma:" in line
+
+
+def test_a_multi_label_classifier_has_one_sigmoid_output_per_class(tmp_path):
+    """Three tags (a bright square, a dark bar, blue tint) in any combination: K outputs, the
+    per-class metrics columns, a checkpoint that loads with its K outputs."""
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(12):
+        tags = (i % 2, (i // 2) % 2, int(i % 3 == 0))
+        img = rng.integers(60, 120, (48, 48, 3), np.uint8)
+        if tags[0]:
+            img[4:20, 4:20] = 230
+        if tags[1]:
+            img[30:36, :] = 10
+        if tags[2]:
+            img[..., 2] = 200
+        write_png(tmp_path / f"{i}.png", img)
+        items.append((str(tmp_path / f"{i}.png"), tags))
+    cfg = {**CFG, "epochs": 2}
+    names = ["square", "bar", "blue"]
+    train(items[:8], items[8:], cfg, tmp_path / "m.pt", tmp_path / "m.csv", classes=names)
+    metrics = pd.read_csv(tmp_path / "m.csv")
+    assert list(metrics.columns[3:11]) == [
+        "val_accuracy", "val_auc",
+        "val_accuracy_square", "val_auc_square", "val_accuracy_bar", "val_auc_bar",
+        "val_accuracy_blue", "val_auc_blue",
+    ]  # fmt: skip
+    per_class = metrics[["val_accuracy_square", "val_accuracy_bar", "val_accuracy_blue"]]
+    assert np.allclose(per_class.mean(axis=1), metrics["val_accuracy"])
+    model = load_checkpoint(tmp_path / "m.pt")
+    assert model.fc.out_features == 3
+    assert predict(model, [p for p, _ in items[8:]], 4).shape == (4, 3)
+    with pytest.raises(ValueError, match="item 1 .*: 2 class label"):
+        train([items[0], (items[1][0], (1, 0))], items[8:], cfg, tmp_path / "x.pt", tmp_path / "x")

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -313,3 +315,132 @@ def test_image_labels_from_masks_need_masks(tmp_path):
         dataclasses.replace(_dataset(tmp_path, GOOD), image_labels="masks")
     with pytest.raises(DatasetError, match=r"image_labels must be one of \['csv', 'masks'\]"):
         dataclasses.replace(_dataset(tmp_path, GOOD), image_labels="tags")
+
+
+# The multi-label format: `Tags` of `;`-separated class names, class-index masks.
+TISSUES = ("tumor", "stroma", "normal")
+TAGGED = [
+    ("a.png", "tumor;stroma", "test"),
+    ("b.png", " stroma ; tumor", "train"),  # spaces and order do not matter
+    ("c.png", "normal;tumor", "train"),
+    ("d.png", "stroma;normal", "train"),
+    ("e.png", "tumor", "train"),
+]
+
+
+def _tagged(tmp_path, rows, masks=None, ignore_index=3):
+    """A `tags`-format dataset of ``rows`` = (name, tags, partition); ``masks`` = {name: pixel
+    values} writes class-index masks."""
+    for name, *_ in rows:
+        _image(tmp_path / "images" / name)
+    for name, values in (masks or {}).items():
+        _mask(tmp_path / "masks" / name, values=values)
+    table = pd.DataFrame(rows, columns=["Image Name", "Tags", "Partition"])
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    return DatasetSpec(
+        images=tmp_path / "images",
+        labels=tmp_path / "labels.csv",
+        classes=TISSUES,
+        positive_class=None,
+        masks=tmp_path / "masks" if masks else None,
+        format="tags",
+        ignore_index=ignore_index,
+    )
+
+
+def test_a_multi_label_dataset_is_read_into_tag_sets(tmp_path):
+    masks = {name: (0, 1, 2, 3) for name, *_ in TAGGED}
+    table = load_labels(_tagged(tmp_path, TAGGED, masks))
+    assert table["tags"].tolist() == [
+        "tumor;stroma",
+        "tumor;stroma",
+        "tumor;normal",
+        "stroma;normal",
+        "tumor",
+    ]
+    assert table["label"].tolist() == table["tags"].tolist()  # the split's strata
+    assert table["positive"].tolist() == [1] * 5
+
+
+def test_the_binary_format_is_the_one_class_case(tmp_path):
+    """MHIST's labels become tag sets of the positive class: a negative image has none."""
+    table = load_labels(_dataset(tmp_path, GOOD))
+    assert table["tags"].tolist() == ["SSA", "", "SSA", "", "SSA"]
+    assert table["label"].tolist() == ["SSA", "HP", "SSA", "HP", "SSA"]
+    assert _dataset(tmp_path, GOOD).label_space.classes == ("SSA",)
+
+
+def test_an_unknown_tag_and_a_row_without_tags_name_the_row(tmp_path):
+    rows = [*TAGGED, ("f.png", "tumor;necrosis", "train"), ("g.png", " ; ", "train")]
+    msg = _error(_tagged(tmp_path, rows))
+    assert "2 problem(s)" in msg
+    assert (
+        "row 7 ('f.png'): unknown tag(s) ['necrosis'] (expected names from "
+        "['tumor', 'stroma', 'normal'])" in msg
+    )
+    assert "row 8 ('g.png'): no tags (a row lists the classes its image holds" in msg
+
+
+def test_a_class_index_mask_with_a_value_outside_the_classes_and_ignore_index(tmp_path):
+    masks = {name: (0, 1, 2, 3) for name, *_ in TAGGED}
+    spec = _tagged(tmp_path, TAGGED, {**masks, "c.png": (0, 4, 255), "d.png": (1,)})
+    Image.new("RGB", (16, 12)).save(tmp_path / "masks" / "e.png")
+    msg = _error(spec)
+    assert "2 problem(s)" in msg
+    assert (
+        f"row 4 ('c.png'): mask {tmp_path}/masks/c.png has values 4, 255 outside the class "
+        "indices 0..2 (tumor, stroma, normal) and the ignore index 3" in msg
+    )
+    assert f"row 6 ('e.png'): mask {tmp_path}/masks/e.png has mode RGB: a class-index" in msg
+    # 255 is fine where it is the ignore index
+    spec = _tagged(tmp_path, TAGGED, {n: (0, 255) for n, *_ in TAGGED}, ignore_index=255)
+    assert len(load_labels(spec)) == 5
+
+
+def test_multi_label_tags_from_the_masks(tmp_path):
+    spec = dataclasses.replace(
+        _tagged(tmp_path, TAGGED, {n: (3,) for n, *_ in TAGGED}), image_labels="masks"
+    )
+    for name, values in [("a", (0, 3)), ("b", (1, 3)), ("c", (0, 2)), ("d", (2, 1)), ("e", (0,))]:
+        _mask(tmp_path / "masks" / f"{name}.png", values=values)
+    pd.read_csv(spec.labels).drop(columns=["Tags"]).to_csv(spec.labels, index=False)
+    table = load_labels(spec, min_class_images=1)
+    assert table["tags"].tolist() == ["tumor", "stroma", "tumor;normal", "stroma;normal", "tumor"]
+    _mask(tmp_path / "masks" / "e.png", values=(3,))
+    assert f"row 6 ('e.png'): no tags: its mask {tmp_path}/masks/e.png holds no class" in _error(
+        spec
+    )
+
+
+def test_each_class_needs_tagged_images_outside_the_test_partition(tmp_path):
+    rows = [(n, tags.replace("normal", "stroma"), p) for n, tags, p in TAGGED]
+    assert _error(_tagged(tmp_path, rows)).endswith("but class 'normal' has 0")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "classes", "ignore_index", "message"),
+    [
+        ("mhist", TISSUES, 255, "dataset.format 'mhist' takes two classes [negative, positive]"),
+        ("tags", ("gland",), 255, "dataset.format 'tags' takes two classes or more"),
+        ("tags", TISSUES, 2, "dataset.ignore_index 2 must lie in 3..255"),
+        ("csv", TISSUES, 255, "dataset.format must be one of ['mhist', 'tags']"),
+    ],
+)
+def test_format_classes_and_ignore_index_must_agree(tmp_path, fmt, classes, ignore_index, message):
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        DatasetSpec(tmp_path, tmp_path / "l.csv", classes, "tumor", None, "csv", fmt, ignore_index)
+
+
+def test_the_real_wsss4luad_labels_and_masks_pass(tmp_path):
+    """Its labels.csv and 3-class masks (0 tumor, 1 stroma, 2 normal, 3 background) as they
+    are: the `tags` format with ignore_index 3; the tags agree with the classes the masks hold."""
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "wsss4luad-masked"
+    if not data.is_dir():
+        pytest.skip(f"WSSS4LUAD not found: {data} (../shared is absent)")
+    spec = DatasetSpec(
+        data / "images", data / "labels.csv", TISSUES, None, data / "masks", "csv", "tags", 3
+    )
+    table = load_labels(spec)
+    assert len(table) == 68 and table["tags"].value_counts()["tumor;stroma"] == 58
+    from_masks = load_labels(dataclasses.replace(spec, image_labels="masks"))
+    assert from_masks["tags"].tolist() == table["tags"].tolist()

@@ -96,8 +96,30 @@ def test_pos_weight_scales_positive_bce_terms():
 
 
 @pytest.mark.parametrize(
-    ("logit_shape", "target_shape"), [((3,), (3,)), ((3, 2), (3, 2)), ((3, 1), (3,))]
+    ("logit_shape", "target_shape"),
+    [((3,), (3,)), ((3, 2), (3, 3)), ((3, 1), (3,)), ((3, 0), (3, 0))],
 )
 def test_rejects_bad_shapes(logit_shape, target_shape):
     with pytest.raises(ValueError):
         ClassificationLoss()(torch.zeros(logit_shape), torch.zeros(target_shape))
+
+
+def test_k_classes_take_the_mean_of_their_focal_tversky_terms_and_one_bce():
+    """Multi-label: BCE over every logit; the Focal Tversky term of each class as the binary
+    loss gives it on that class's column alone (0 for a class without positives), averaged."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3, requires_grad=True)
+    targets = torch.tensor(
+        [[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=torch.float32
+    )
+    loss = ClassificationLoss(alpha=0.7, beta=0.3, gamma=1.33)
+    terms = loss.terms(logits, targets)
+    per_class = [loss.terms(logits[:, k : k + 1], targets[:, k : k + 1]) for k in range(3)]
+    assert per_class[2]["tversky"].item() == 0  # no positive of class 3 in the batch
+    assert terms["tversky"].item() == pytest.approx(
+        sum(t["tversky"].item() for t in per_class) / 3, rel=1e-6
+    )
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    assert terms["bce"].item() == pytest.approx(bce.item(), rel=1e-6)
+    terms["total"].backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -183,6 +183,7 @@ def test_stain_params_from_config_takes_known_keys_only():
 def test_images_and_their_real_masks_are_scaled_alike_on_real_glas(tmp_path):
     """At `stain.scale` 0.5 an image and its real mask come out at one size, half of each side,
     and the mask keeps its share of positive pixels (area averaging, majority vote)."""
+    from histo_wsss.classes import LabelSpace
     from histo_wsss.io import read_mask
     from histo_wsss.stain import scale_masks
 
@@ -193,7 +194,7 @@ def test_images_and_their_real_masks_are_scaled_alike_on_real_glas(tmp_path):
     image, mask = GLAS_IMAGES / f"{name}.png", masks / f"{name}.png"
     params = StainParams(scale=0.5)
     normalize_images([name], [image], tmp_path, choose_target([image], params), params)
-    scale_masks([name], [mask], tmp_path, 0.5)
+    scale_masks([name], [mask], tmp_path, 0.5, LabelSpace(("malignant",)))
     small_image = read_rgb(tmp_path / "images" / f"{name}.png")
     small_mask = read_mask(tmp_path / "masks" / f"{name}.png")
     height, width = read_rgb(image).shape[:2]

@@ -1,4 +1,5 @@
-"""The image-level classifier of paper §2.2: a torchvision ResNet with one logit.
+"""The image-level classifier of paper §2.2: a torchvision ResNet with one sigmoid logit per
+foreground class (K = 1 for a binary dataset, the paper's case; K tissue classes multi-label).
 
 Everything is keyed by a plain config dict (the workflow's ``classifier`` section), merged over
 :data:`DEFAULTS` by :func:`resolve_config` (an unknown key is an error naming it).
@@ -31,8 +32,10 @@ Training (:func:`train`):
   epochs, i.e. from epoch ``unfreeze[b] + 1`` as the log and the metrics CSV count epochs
   (from 1); the ``fc`` head always trains;
 * validation after every epoch: loss, accuracy at 0.5, ROC AUC (NaN when the validation split
-  has one class only); the best epoch by ``selection_metric`` (``auc``/``accuracy``: highest,
-  ``loss``: lowest; NaN never selected; ties keep the earlier epoch) is saved as the checkpoint;
+  has one class only); for K classes each class's accuracy and AUC and their means (the mean
+  AUC over the classes whose AUC is defined); the best epoch by ``selection_metric``
+  (``auc``/``accuracy``: highest, ``loss``: lowest; NaN never selected; ties keep the earlier
+  epoch) is saved as the checkpoint;
 * deterministic on the CPU: the same config and data give the same checkpoint bytes and the same
   metrics CSV except the wall-clock ``seconds`` column.
 """
@@ -217,11 +220,11 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
 # Model
 
 
-def _resnet(arch: str) -> nn.Module:
+def _resnet(arch: str, n_classes: int = 1) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     model = getattr(torchvision.models, arch)(weights=None)  # weights=None: never downloads
-    model.fc = nn.Linear(model.fc.in_features, 1)
+    model.fc = nn.Linear(model.fc.in_features, n_classes)
     return model
 
 
@@ -231,8 +234,10 @@ def _first(keys: Iterable[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def build_model(arch: str, weights: str | os.PathLike | None = None) -> nn.Module:
-    """A torchvision ResNet (``arch`` in :data:`ARCHS`) whose ``fc`` gives one logit.
+def build_model(
+    arch: str, weights: str | os.PathLike | None = None, n_classes: int = 1
+) -> nn.Module:
+    """A torchvision ResNet (``arch`` in :data:`ARCHS`) whose ``fc`` gives ``n_classes`` logits.
 
     ``weights`` (see :mod:`histo_wsss.weights`): ``None``/``"none"``: random initialisation
     (logged as a WARNING); ``"imagenet"``: torchvision's ImageNet weights from torch's hub cache
@@ -243,7 +248,7 @@ def build_model(arch: str, weights: str | os.PathLike | None = None) -> nn.Modul
     ``ValueError`` naming the file and the first mismatched keys; a failed download raises
     ``RuntimeError`` saying how to pass a local file instead.
     """
-    model = _resnet(arch)
+    model = _resnet(arch, n_classes)
     weights = parse_weights(weights)
     if weights is None:
         _log.warning("%s: no weights given, the classifier starts from random weights", arch)
@@ -290,11 +295,12 @@ def build_model(arch: str, weights: str | os.PathLike | None = None) -> nn.Modul
         merged.update(fc_own)
         desc = ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(fc_file.items())) or "none"
         _log.info(
-            "%s: loaded %s backbone weights; dropped the file's fc (%s), the 1-logit fc is "
+            "%s: loaded %s backbone weights; dropped the file's fc (%s), the %d-logit fc is "
             "randomly initialised",
             path,
             arch,
             desc,
+            n_classes,
         )
     model.load_state_dict(merged, strict=True)
     return model
@@ -372,6 +378,8 @@ def _image_batches(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np
 
 
 def _split_items(items: Iterable, split: str) -> tuple[list[str], np.ndarray]:
+    """Paths and int64 ``(N, K)`` targets of ``(image_path, label)`` items: a label is 0/1 (one
+    class) or a sequence of K 0/1 values (multi-label), the same K for every item."""
     paths, labels = [], []
     for i, item in enumerate(items):
         try:
@@ -380,17 +388,26 @@ def _split_items(items: Iterable, split: str) -> tuple[list[str], np.ndarray]:
             raise ValueError(
                 f"{split} item {i}: expected (image_path, label01), got {item!r}"
             ) from err
-        if label not in (0, 1) or isinstance(label, str):
-            raise ValueError(f"{split} item {i} ({path}): label must be 0 or 1, got {label!r}")
+        vector = [label] if np.ndim(label) == 0 else list(label)
+        if not vector or any(v not in (0, 1) or isinstance(v, str) for v in vector):
+            raise ValueError(
+                f"{split} item {i} ({path}): label must be 0 or 1 or a sequence of 0/1 per "
+                f"class, got {label!r}"
+            )
+        if labels and len(vector) != len(labels[0]):
+            raise ValueError(
+                f"{split} item {i} ({path}): {len(vector)} class label(s), item 0 has "
+                f"{len(labels[0])}"
+            )
         paths.append(str(path))
-        labels.append(int(label))
+        labels.append([int(v) for v in vector])
     if not paths:
         raise ValueError(f"the {split} split is empty")
     return paths, np.asarray(labels, dtype=np.int64)
 
 
 class _ImageDataset(Dataset):
-    """In-memory uint8 images -> (normalised tensor, (1,) float label), augmented.
+    """In-memory uint8 images -> (normalised tensor, (K,) float targets), augmented.
 
     The augmentation of item ``index`` in ``epoch`` is seeded from ``(seed, epoch, index)``
     (one seed per transform, :func:`histo_wsss.training.seed_transforms`).
@@ -407,12 +424,12 @@ class _ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.augment((self.seed, self.epoch, index), image=self.images[index])["image"]
-        label = torch.tensor([float(self.labels[index])], dtype=torch.float32)
+        label = torch.tensor(self.labels[index], dtype=torch.float32)
         return preprocess(np.ascontiguousarray(image)), label
 
 
 def _logits(model: nn.Module, batches: Iterable[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Logits (CPU, float32, shape (N, 1)) of uint8 image batches; eval mode, no grad."""
+    """Logits (CPU, float32, shape (N, K)) of uint8 image batches; eval mode, no grad."""
     was_training = model.training
     model.eval()
     out = []
@@ -422,24 +439,15 @@ def _logits(model: nn.Module, batches: Iterable[np.ndarray], device: torch.devic
                 out.append(model(preprocess(batch).to(device)).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros((0, 1))
+    return torch.cat(out) if out else torch.zeros((0, model.fc.out_features))
 
 
 # --------------------------------------------------------------------------------------------
 # Metrics
 
 
-def evaluate(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict:
-    """Binary metrics of positive-class probabilities, predicting positive when ``p >= threshold``.
-
-    Returns ``n``, ``threshold``, ``accuracy``, ``balanced_accuracy`` (mean recall over the
-    classes present in ``labels``), ``auc`` (ROC AUC; NaN when ``labels`` has one class only) and
-    ``confusion`` ``{"tn", "fp", "fn", "tp"}``; plain Python numbers.
-    """
-    y = np.asarray(labels)
-    p = np.asarray(probs, dtype=np.float64)
-    if y.ndim != 1 or p.shape != y.shape:
-        raise ValueError(f"labels {y.shape} and probs {p.shape} must be 1-D of the same length")
+def _binary_scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    """:func:`evaluate`'s scores of one class: 1-D 0/1 ``y`` and probabilities ``p``."""
     if y.size == 0:
         raise ValueError("evaluate: no samples")
     if not np.isin(y, (0, 1)).all():
@@ -463,8 +471,58 @@ def evaluate(labels: Sequence[int], probs: Sequence[float], threshold: float = 0
     }
 
 
+def evaluate(
+    labels: Sequence,
+    probs: Sequence,
+    threshold: float = 0.5,
+    classes: Sequence[str] | None = None,
+) -> dict:
+    """Metrics of class probabilities, predicting a class when ``p >= threshold``.
+
+    ``labels`` and ``probs``: 1-D (one class) or ``(N, K)`` (K classes, multi-label). For one
+    class: ``n``, ``threshold``, ``accuracy``, ``balanced_accuracy`` (mean recall over the
+    values present in ``labels``), ``auc`` (ROC AUC; NaN when ``labels`` has one value only)
+    and ``confusion`` ``{"tn", "fp", "fn", "tp"}``. For K > 1 classes: those of each class
+    under ``classes`` (``{name: scores}``, names from ``classes``), their means ``accuracy``,
+    ``balanced_accuracy`` and ``auc`` (over the classes whose AUC is defined; NaN when none
+    is), and ``exact_match``, the share of images with every class right. Plain Python numbers.
+    """
+    y = np.asarray(labels)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != y.shape or y.ndim not in (1, 2):
+        raise ValueError(f"labels {y.shape} and probs {p.shape} must be 1-D or (N, K) alike")
+    if y.ndim == 1 or y.shape[1] == 1:
+        return _binary_scores(y.reshape(len(y)), p.reshape(len(p)), threshold)
+    names = list(classes) if classes is not None else [f"class{k}" for k in range(y.shape[1])]
+    if len(names) != y.shape[1]:
+        raise ValueError(f"{len(names)} class names for {y.shape[1]} columns")
+    per = {c: _binary_scores(y[:, k], p[:, k], threshold) for k, c in enumerate(names)}
+    aucs = [v["auc"] for v in per.values() if not math.isnan(v["auc"])]
+    return {
+        "n": int(len(y)),
+        "threshold": float(threshold),
+        "accuracy": float(np.mean([v["accuracy"] for v in per.values()])),
+        "balanced_accuracy": float(np.mean([v["balanced_accuracy"] for v in per.values()])),
+        "auc": float(np.mean(aucs)) if aucs else math.nan,
+        "exact_match": float(((p >= threshold) == y.astype(bool)).all(axis=1).mean()),
+        "classes": per,
+    }
+
+
 def evaluation_line(scores: Mapping) -> str:
     """An :func:`evaluate` dict in words, for the log."""
+    if "classes" in scores:
+        each = "; ".join(
+            f"{c}: accuracy {v['accuracy']:.4f}, ROC AUC {v['auc']:.4f}"
+            for c, v in scores["classes"].items()
+        )
+        return (
+            f"{scores['n']} images, {len(scores['classes'])} classes: mean accuracy "
+            f"{scores['accuracy']:.4f}, mean balanced accuracy "
+            f"{scores['balanced_accuracy']:.4f}, mean ROC AUC {scores['auc']:.4f}, every class "
+            f"right {scores['exact_match']:.4f} (a class from p >= {scores['threshold']}; "
+            f"{each})"
+        )
     c = scores["confusion"]
     return (
         f"{scores['n']} images: accuracy {scores['accuracy']:.4f}, balanced accuracy "
@@ -507,11 +565,14 @@ def train(
     checkpoint_path: str | os.PathLike,
     metrics_path: str | os.PathLike,
     log: logging.Logger | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict:
     """Train the classifier; write the best checkpoint and the per-epoch metrics CSV.
 
-    ``train_items`` / ``val_items``: ``(image_path, label01)`` pairs (RGB images of any size).
-    ``cfg``: the ``classifier`` config (see :data:`DEFAULTS`, :func:`resolve_config`).
+    ``train_items`` / ``val_items``: ``(image_path, label)`` pairs (RGB images of any size), a
+    label 0/1 (one class) or a sequence of K 0/1 targets, one per class in ``classes`` (the
+    names of the per-class metrics columns). ``cfg``: the ``classifier`` config (see
+    :data:`DEFAULTS`, :func:`resolve_config`).
 
     ``checkpoint_path`` is (re)written, atomically, whenever an epoch beats the best so far by
     ``selection_metric``: ``torch.save`` of ``{"arch", "state_dict" (CPU tensors), "epoch",
@@ -519,23 +580,34 @@ def train(
     ``metrics_path`` (CSV, columns :data:`METRICS_COLUMNS`, one row per epoch) is rewritten
     atomically after every epoch; ``epoch`` counts from 1 as the log does, ``lr`` is the mean
     learning rate over the epoch's steps, ``trainable`` the trainable blocks joined by ``+``,
-    ``seconds`` wall-clock.
+    ``seconds`` wall-clock; for K > 1 classes each class's ``val_accuracy_<class>`` and
+    ``val_auc_<class>`` follow ``val_auc`` (their mean).
 
-    ``selection_metric: auc`` with a single-class validation split is refused (its AUC is
-    undefined). Raises ``FloatingPointError`` on a non-finite training loss. Returns the best
-    epoch's metrics (the checkpoint's ``metrics``). Deterministic for a given config and data on
-    the CPU (``seconds`` aside); the global determinism setting is restored on return.
+    ``selection_metric: auc`` with a validation split where no class has both values is refused
+    (its AUC is undefined). Raises ``FloatingPointError`` on a non-finite training loss. Returns
+    the best epoch's metrics (the checkpoint's ``metrics``). Deterministic for a given config
+    and data on the CPU (``seconds`` aside); the global determinism setting is restored on
+    return.
     """
     log = log or _log
     cfg = resolve_config(cfg)
     train_paths, train_labels = _split_items(train_items, "train")
     val_paths, val_labels = _split_items(val_items, "val")
     metric = cfg["selection_metric"]
-    if metric == "auc" and len(set(val_labels.tolist())) < 2:
+    if metric == "auc" and (val_labels.min(axis=0) == val_labels.max(axis=0)).all():
+        only = f"label {int(val_labels[0, 0])}" if val_labels.shape[1] == 1 else "one value of each"
         raise ValueError(
             f"selection_metric 'auc' needs both classes in the validation split, which has only "
-            f"label {int(val_labels[0])} ({len(val_labels)} images); use 'accuracy' or 'loss'"
+            f"{only} ({len(val_labels)} images); use 'accuracy' or 'loss'"
         )
+    if train_labels.shape[1] != val_labels.shape[1]:
+        raise ValueError(
+            f"train items have {train_labels.shape[1]} class label(s), val items "
+            f"{val_labels.shape[1]}"
+        )
+    classes = list(classes) if classes is not None else None
+    if classes is not None and len(classes) != train_labels.shape[1]:
+        raise ValueError(f"{len(classes)} class names for {train_labels.shape[1]} labels")
     if len(train_paths) < 2:
         raise ValueError("the train split needs at least 2 images")
     device = resolve_device(cfg["device"])
@@ -547,7 +619,7 @@ def train(
     with deterministic(device, cfg["seed"]):
         return _train(
             cfg, device, train_images, train_labels, val_images, val_labels,
-            Path(checkpoint_path), Path(metrics_path), log,
+            Path(checkpoint_path), Path(metrics_path), log, classes,
         )  # fmt: skip
 
 
@@ -577,8 +649,15 @@ def _train(
     checkpoint_path: Path,
     metrics_path: Path,
     log: logging.Logger,
+    classes: list[str] | None,
 ) -> dict:
-    model = build_model(cfg["arch"], cfg["weights"]).to(device)
+    n_classes = train_labels.shape[1]
+    model = build_model(cfg["arch"], cfg["weights"], n_classes).to(device)
+    names = classes or [f"class{k}" for k in range(n_classes)]
+    per_class = (
+        [f"val_{m}_{c}" for c in names for m in ("accuracy", "auc")] if n_classes > 1 else []
+    )
+    columns = [*METRICS_COLUMNS[:5], *per_class, *METRICS_COLUMNS[5:]]
     augment = Augmentation(cfg["augment"], cfg["crop_size"])
     dataset = _ImageDataset(train_images, train_labels, augment, cfg["seed"])
     batch_size, epochs = cfg["batch_size"], cfg["epochs"]
@@ -600,7 +679,7 @@ def _train(
         bce_weight=cfg["bce_weight"],
         tversky_weight=cfg["tversky_weight"],
     )
-    val_targets = torch.from_numpy(val_labels.astype(np.float32))[:, None]
+    val_targets = torch.from_numpy(val_labels.astype(np.float32))
     val_batches = list(_image_batches(val_images, batch_size))
     metric, column = cfg["selection_metric"], SELECTION_METRICS[cfg["selection_metric"]]
     log.info(
@@ -644,19 +723,24 @@ def _train(
 
         logits = _logits(model, val_batches, device)
         val_loss = float(loss_fn(logits, val_targets))
-        scores = evaluate(val_labels, torch.sigmoid(logits)[:, 0].numpy())
+        scores = evaluate(val_labels, torch.sigmoid(logits).numpy(), classes=names)
         row = {
             "epoch": epoch + 1,
             "train_loss": total / count,
             "val_loss": val_loss,
             "val_accuracy": scores["accuracy"],
             "val_auc": scores["auc"],
+            **{
+                f"val_{m}_{c}": v[m]
+                for c, v in scores.get("classes", {}).items()
+                for m in ("accuracy", "auc")
+            },
             "lr": float(np.mean(lrs)),
             "trainable": "+".join(blocks),
             "seconds": round(time.perf_counter() - start, 3),
         }
         rows.append(row)
-        write_csv(metrics_path, pd.DataFrame(rows, columns=list(METRICS_COLUMNS)))
+        write_csv(metrics_path, pd.DataFrame(rows, columns=columns))
         improved = is_improvement(metric, row, best)
         if improved:
             best = {k: v for k, v in row.items() if k != "seconds"}
@@ -698,7 +782,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     ckpt = read_checkpoint(path, "classifier", CHECKPOINT_KEYS)
     if ckpt["arch"] not in ARCHS:
         raise ValueError(f"{path}: unknown arch {ckpt['arch']!r} in checkpoint")
-    model = _resnet(ckpt["arch"])
+    fc = ckpt["state_dict"].get("fc.weight") if isinstance(ckpt["state_dict"], dict) else None
+    model = _resnet(ckpt["arch"], fc.shape[0] if fc is not None else 1)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -712,7 +797,7 @@ def predict(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """Positive-class probabilities (float32, shape ``(len(paths),)``) of the images at ``paths``.
+    """Class probabilities (float32, shape ``(len(paths), K)``) of the images at ``paths``.
 
     Reads the images one by one, each at its own size, and batches consecutive images of one
     size (up to ``batch_size``); normalises them as in training, runs ``model`` on ``device`` in
@@ -724,7 +809,7 @@ def predict(
     paths = [str(p) for p in paths]
     model.to(device)
     batches = _image_batches(map(read_rgb, paths), batch_size)
-    return torch.sigmoid(_logits(model, batches, device))[:, 0].numpy().astype(np.float32)
+    return torch.sigmoid(_logits(model, batches, device)).numpy().astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,12 +1,20 @@
-"""The dataset contract: an image folder, a labels CSV in MHIST's format, optional pixel masks.
+"""The dataset contract: an image folder, a labels CSV, optional pixel masks.
 
-The labels CSV has the columns ``Image Name`` (file name inside the image folder),
-``Majority Vote Label`` (a class name), optionally
-``Number of Annotators who Selected SSA (Out of 7)``, and optionally ``Partition``
-(``train``/``test``). Masks, when a mask folder is given, share the image's file stem and size
-and hold 0 and one positive value (e.g. 0 and 255). Images may have any size, and differ in
-size. With ``image_labels: masks`` an image's label comes from its mask instead (the
-positive class when the mask has a positive pixel), and ``Majority Vote Label`` may be absent:
+Two label formats (``dataset.format``), both read into one representation: each image's tag
+set, the foreground classes it holds (:mod:`histo_wsss.classes`; the binary format is K = 1).
+
+* ``mhist`` (binary): the labels CSV has ``Image Name`` (file name inside the image folder),
+  ``Majority Vote Label`` (one of the two ``classes``), optionally
+  ``Number of Annotators who Selected SSA (Out of 7)``. Masks hold 0 and one positive value
+  (e.g. 0 and 255) for ``positive_class``.
+* ``tags`` (multi-label, K >= 2 classes): ``Image Name`` and ``Tags``, the classes the image
+  holds, ``;``-separated names from ``classes`` (at least one). Masks hold one byte per pixel:
+  ``i`` for ``classes[i]``, ``ignore_index`` where no class is marked (e.g. WSSS4LUAD's 3,
+  non-tissue background).
+
+Both take an optional ``Partition`` (``train``/``test``). Masks share the image's file stem and
+size. Images may have any size, and differ in size. With ``image_labels: masks`` an image's
+tags come from its mask instead (the classes it holds), and the label column may be absent:
 the field's GlaS gland protocol, whose every image holds glands. Every byte of a file is read
 when it is checked, so that a truncated or corrupt file
 fails here, before any job starts, and not hours later in the job that first reads its pixels.
@@ -23,10 +31,11 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from histo_wsss.io import read_mask
+from histo_wsss.classes import FORMATS, IGNORE, TAG_SEPARATOR, LabelSpace
 
 NAME_COLUMN = "Image Name"
 LABEL_COLUMN = "Majority Vote Label"
+TAGS_COLUMN = "Tags"
 ANNOTATORS_COLUMN = "Number of Annotators who Selected SSA (Out of 7)"
 PARTITION_COLUMN = "Partition"
 PARTITIONS = ("train", "test")
@@ -47,16 +56,42 @@ class DatasetSpec:
 
     images: Path
     labels: Path
-    classes: tuple[str, str]
-    positive_class: str
+    classes: tuple[str, ...]
+    positive_class: str | None
     masks: Path | None = None
     image_labels: str = "csv"
+    format: str = "mhist"
+    ignore_index: int = IGNORE
 
     def __post_init__(self):
-        if self.positive_class not in self.classes:
+        if self.format not in FORMATS:
             raise DatasetError(
-                f"positive_class {self.positive_class!r} is not one of classes {list(self.classes)}"
+                f"dataset.format must be one of {list(FORMATS)}, got {self.format!r}"
             )
+        if self.format == "mhist":
+            if len(self.classes) != 2:
+                raise DatasetError(
+                    f"dataset.format 'mhist' takes two classes [negative, positive], got "
+                    f"{list(self.classes)}; several foreground classes are the 'tags' format"
+                )
+            if self.positive_class not in self.classes:
+                raise DatasetError(
+                    f"positive_class {self.positive_class!r} is not one of classes "
+                    f"{list(self.classes)}"
+                )
+        else:
+            if len(self.classes) < 2:
+                raise DatasetError(
+                    f"dataset.format 'tags' takes two classes or more, got {list(self.classes)}: "
+                    "one foreground class is the 'mhist' format (classes [negative, positive] "
+                    "and positive_class)"
+                )
+            if not len(self.classes) <= self.ignore_index <= 255:
+                raise DatasetError(
+                    f"dataset.ignore_index {self.ignore_index} must lie in {len(self.classes)}.."
+                    f"255: mask values 0..{len(self.classes) - 1} are the classes "
+                    f"{list(self.classes)}"
+                )
         if self.image_labels not in IMAGE_LABEL_SOURCES:
             raise DatasetError(
                 f"dataset.image_labels must be one of {list(IMAGE_LABEL_SOURCES)}, "
@@ -69,17 +104,31 @@ class DatasetSpec:
     def negative_class(self) -> str:
         return next(c for c in self.classes if c != self.positive_class)
 
+    @property
+    def label_space(self) -> LabelSpace:
+        """The foreground classes and how the masks encode them (binary: K = 1)."""
+        if self.format == "mhist":
+            return LabelSpace((self.positive_class,))
+        return LabelSpace(tuple(self.classes), self.ignore_index)
+
+    @property
+    def label_column(self) -> str:
+        return LABEL_COLUMN if self.format == "mhist" else TAGS_COLUMN
+
     @classmethod
     def from_config(cls, dataset: dict) -> DatasetSpec:
         """Build from the ``dataset`` section of the workflow config."""
         masks = dataset.get("masks")
+        fmt = dataset.get("format", "mhist")
         return cls(
             images=Path(dataset["images"]),
             labels=Path(dataset["labels"]),
             classes=tuple(dataset["classes"]),
-            positive_class=dataset["positive_class"],
+            positive_class=dataset.get("positive_class") if fmt == "mhist" else None,
             masks=Path(masks) if masks else None,
             image_labels=dataset.get("image_labels", "csv"),
+            format=fmt,
+            ignore_index=dataset.get("ignore_index", IGNORE),
         )
 
 
@@ -128,13 +177,15 @@ def _listed(values: list, limit: int = 10) -> str:
     return ", ".join(map(str, values[:limit])) + more
 
 
-def _mask_problem(mask: Path, size: tuple[int, int]) -> str | None:
+def _mask_problem(mask: Path, size: tuple[int, int], space: LabelSpace) -> str | None:
     """Why ``mask`` is not a readable mask of an image of ``size`` (None if it is one).
 
-    Its values, read as :func:`histo_wsss.io.read_mask` reads them (greyscale), must be in the
-    allowed set: for these binary masks 0 and one positive value, the mask's largest (a mask
-    with stray values, e.g. JPEG noise around 0, would make every such pixel positive).
+    Its values, read as :meth:`histo_wsss.classes.LabelSpace.read_truth` reads them, must be in
+    the allowed set: for binary masks (greyscale) 0 and one positive value, the mask's largest (a
+    mask with stray values, e.g. JPEG noise around 0, would make every such pixel positive); for
+    class-index masks (one channel: mode L or P) the class indices and the ignore index.
     """
+    allowed = space.mask_values()
     if not mask.is_file():
         return f"mask file not found: {mask}"
     try:
@@ -142,12 +193,27 @@ def _mask_problem(mask: Path, size: tuple[int, int]) -> str | None:
             if m.size != size:
                 (mw, mh), (iw, ih) = m.size, size
                 return f"mask {mask} is {mw}x{mh} px but the image is {iw}x{ih} px"
+            if allowed is not None and m.mode not in ("L", "P"):
+                return (
+                    f"mask {mask} has mode {m.mode}: a class-index mask has one channel of "
+                    "class indices (mode L or P)"
+                )
             # decodes it (a truncated mask fails here); greyscale as read_mask reads it, without
-            # a copy when it is greyscale already (a quarter of the check's time)
-            counts = (m if m.mode == "L" else m.convert("L")).histogram()
+            # a copy when it is greyscale already (a quarter of the check's time); the indices
+            # themselves for a class-index mask
+            counts = (m if m.mode == "L" or allowed else m.convert("L")).histogram()
     except (OSError, SyntaxError) as err:
         return f"unreadable mask {mask}: {err}"
     values = [v for v, n in enumerate(counts) if n]
+    if allowed is not None:
+        unexpected = [v for v in values if v not in allowed]
+        if unexpected:
+            return (
+                f"mask {mask} has values {_listed(unexpected)} outside the class indices "
+                f"0..{space.k - 1} ({', '.join(space.classes)}) and the ignore index "
+                f"{space.ignore_index}"
+            )
+        return None
     allowed = {0, values[-1]}
     unexpected = [v for v in values if v not in allowed]
     if unexpected:
@@ -158,11 +224,11 @@ def _mask_problem(mask: Path, size: tuple[int, int]) -> str | None:
     return None
 
 
-def _file_problems(image: Path, mask: Path | None) -> list[str]:
+def _file_problems(image: Path, mask: Path | None, space: LabelSpace) -> list[str]:
     """What is wrong with an image and its mask (``None``: no mask folder)."""
     problem, size = _image_problem(image)
     if problem is None and mask is not None:
-        problem = _mask_problem(mask, size)
+        problem = _mask_problem(mask, size, space)
     return [problem] if problem else []
 
 
@@ -203,6 +269,36 @@ def manifest_keys(path: str | os.PathLike) -> frozenset[tuple[str, ...]]:
     return frozenset(zip(*(table[c] for c in MANIFEST_KEY), strict=True))
 
 
+def _row_tags(spec: DatasetSpec, cell: str) -> tuple[str, list[str]]:
+    """An image's tags (``;``-joined, class order) from its label cell, and what is wrong with
+    the cell: an ``mhist`` label names one of the two classes (the positive one is the tag), a
+    ``tags`` cell one or more foreground classes."""
+    space = spec.label_space
+    if spec.format == "mhist":
+        if cell not in spec.classes:
+            return "", [f"unknown label {cell!r} (expected one of {list(spec.classes)})"]
+        return space.join({cell}), []
+    tags = [t.strip() for t in cell.split(TAG_SEPARATOR) if t.strip()]
+    unknown = [t for t in tags if t not in spec.classes]
+    if unknown:
+        return "", [f"unknown tag(s) {unknown} (expected names from {list(spec.classes)})"]
+    if not tags:
+        return "", [
+            f"no tags (a row lists the classes its image holds, {TAG_SEPARATOR!r}-separated "
+            f"names from {list(spec.classes)})"
+        ]
+    return space.join(tags), []
+
+
+def _class_counts(spec: DatasetSpec, labels: pd.Series, tags: pd.Series) -> dict[str, int]:
+    """Images of each class: with the label (``mhist``: both classes must be learnt) or with
+    the tag (``tags``)."""
+    if spec.format == "mhist":
+        return {c: int((labels == c).sum()) for c in spec.classes}
+    tag_sets = tags.str.split(TAG_SEPARATOR)
+    return {c: int(tag_sets.map(lambda t, c=c: c in t).sum()) for c in spec.classes}
+
+
 def load_labels(
     spec: DatasetSpec,
     checked: Collection[tuple[str, ...]] = (),
@@ -210,15 +306,20 @@ def load_labels(
 ) -> pd.DataFrame:
     """Read and validate the labels CSV; return one row per image, sorted by name.
 
-    Columns of the result: ``name`` (file stem), ``file``, ``label``, ``positive`` (0/1),
-    ``partition``, ``image`` and ``mask`` (paths; ``mask`` empty without a mask folder).
-    Every problem is collected first and raised as ONE :class:`DatasetError` that lists the
-    first 20 offending rows and their count. Image and mask files are read in full to check them
-    unless ``checked`` (:func:`manifest_keys`) holds them with their current size and time.
-    A dataset whose rows are valid but that gives a class fewer than ``min_class_images``
-    images outside the test partition is rejected too (0 where the classifier learns its
-    classes from patches tagged by the masks, not from the images' labels).
+    Columns of the result: ``name`` (file stem), ``file``, ``label`` (``mhist``: the class;
+    ``tags``: the tag set, which the split stratifies by), ``tags`` (the foreground classes the
+    image holds, ``;``-joined in class order; ``""`` for a binary negative), ``positive`` (0/1:
+    the image holds a foreground class), ``partition``, ``image`` and ``mask`` (paths; ``mask``
+    empty without a mask folder). Every problem is collected first and raised as ONE
+    :class:`DatasetError` that lists the first 20 offending rows and their count. Image and mask
+    files are read in full to check them unless ``checked`` (:func:`manifest_keys`) holds them
+    with their current size and time. A dataset whose rows are valid but that gives a class
+    fewer than ``min_class_images`` images outside the test partition is rejected too (0 where
+    the classifier learns its classes from patches tagged by the masks, not from the images'
+    labels).
     """
+    space = spec.label_space
+    label_column = spec.label_column
     if not spec.labels.is_file():
         raise DatasetError(f"{spec.labels}: labels file not found")
     try:
@@ -226,11 +327,11 @@ def load_labels(
     except pd.errors.EmptyDataError:
         raise DatasetError(
             f"{spec.labels}: the file is empty; expected a CSV with the columns "
-            f"{[NAME_COLUMN, LABEL_COLUMN]}"
+            f"{[NAME_COLUMN, label_column]}"
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DatasetError(f"{spec.labels}: cannot parse CSV ({err})") from err
-    required = (NAME_COLUMN, LABEL_COLUMN) if spec.image_labels == "csv" else (NAME_COLUMN,)
+    required = (NAME_COLUMN, label_column) if spec.image_labels == "csv" else (NAME_COLUMN,)
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise DatasetError(
@@ -248,14 +349,16 @@ def load_labels(
         if PARTITION_COLUMN in table.columns
         else pd.Series("train", index=table.index)
     )
-    labels = (
-        table[LABEL_COLUMN].str.strip()
+    cells = (
+        table[label_column].str.strip()
         if spec.image_labels == "csv"
-        else pd.Series(spec.positive_class, index=table.index)  # replaced from the masks below
+        else pd.Series(spec.classes[-1], index=table.index)  # replaced from the masks below
     )
+    masks = [spec.masks / f"{stem}.png" if spec.masks is not None else None for stem in stems]
     problems: list[str] = []
-    rows = zip(names, stems, labels, partitions, duplicated, stem_clash, strict=True)
-    for i, (name, stem, label, partition, is_duplicate, clashes) in enumerate(rows):
+    tags = []
+    rows = zip(names, stems, cells, partitions, duplicated, stem_clash, masks, strict=True)
+    for i, (name, stem, cell, partition, is_duplicate, clashes, mask) in enumerate(rows):
         errs = []
         if not name:
             errs.append("empty image name")
@@ -265,15 +368,19 @@ def load_labels(
             errs.append("duplicate image name")
         if clashes:
             errs.append(f"file stem {stem!r} is shared with another image")
-        if label not in spec.classes:
-            errs.append(f"unknown label {label!r} (expected one of {list(spec.classes)})")
+        row_tags, tag_errs = _row_tags(spec, cell)
+        tags.append(row_tags)
+        errs.extend(tag_errs)
         if partition not in PARTITIONS:
             errs.append(f"unknown partition {partition!r} (expected train or test)")
         if name:
             image = spec.images / name
-            mask = spec.masks / f"{stem}.png" if spec.masks is not None else None
             if not checked or _files_key(image, mask) not in checked:
-                errs.extend(_file_problems(image, mask))
+                errs.extend(_file_problems(image, mask, space))
+        if not errs and spec.image_labels == "masks":
+            tags[-1] = space.join(space.tags_of(space.read_truth(mask)))
+            if spec.format == "tags" and not tags[-1]:
+                errs.append(f"no tags: its mask {mask} holds no class, only the ignore index")
         # row numbers as in a spreadsheet: +2 for the header line and 1-based numbering
         problems.extend(f"row {i + 2} ({name!r}): {e}" for e in errs)
     if problems:
@@ -283,20 +390,13 @@ def load_labels(
         raise DatasetError(
             f"{spec.labels}: {len(problems)} problem(s) in the dataset:\n  {listed}{tail}"
         )
-    if spec.image_labels == "masks":
-        labels = pd.Series(
-            [
-                spec.positive_class
-                if read_mask(spec.masks / f"{stem}.png").any()
-                else spec.negative_class
-                for stem in stems
-            ],
-            index=table.index,
-        )
-    counts = labels[partitions != "test"].value_counts()
-    scarce = [
-        f"{c!r} has {counts.get(c, 0)}" for c in spec.classes if counts.get(c, 0) < min_class_images
-    ]
+    tags = pd.Series(tags, index=table.index)
+    if spec.format == "mhist":
+        labels = tags.map(lambda t: spec.positive_class if t else spec.negative_class)
+    else:
+        labels = tags
+    counts = _class_counts(spec, labels[partitions != "test"], tags[partitions != "test"])
+    scarce = [f"{c!r} has {n}" for c, n in counts.items() if n < min_class_images]
     if scarce:
         source = " (labels from the masks)" if spec.image_labels == "masks" else ""
         raise DatasetError(
@@ -310,12 +410,13 @@ def load_labels(
             "name": stems,
             "file": names,
             "label": labels,
+            "tags": tags,
             "partition": partitions,
         }
     )
-    out["positive"] = (out["label"] == spec.positive_class).astype(int)
+    out["positive"] = (out["tags"] != "").astype(int)
     out["image"] = [str(spec.images / f) for f in out["file"]]
-    out["mask"] = [str(spec.masks / f"{s}.png") if spec.masks else "" for s in out["name"]]
+    out["mask"] = [str(m) if m is not None else "" for m in masks]
     return out.sort_values("name", kind="stable").reset_index(drop=True)
 
 

@@ -1,13 +1,17 @@
-"""Losses of the image-level classifier (paper §2.2): BCE + Focal Tversky on single logits.
+"""Losses of the image-level classifier (paper §2.2): BCE + Focal Tversky on K sigmoid logits.
 
-For logits ``z_b`` (shape ``(B, 1)``), probabilities ``p_b = sigmoid(z_b)`` and binary targets
-``t_b`` (shape ``(B, 1)``)::
+For logits ``z_bk`` (shape ``(B, K)``: one per foreground class, K = 1 for a binary dataset),
+probabilities ``p_bk = sigmoid(z_bk)`` and multi-label 0/1 targets ``t_bk`` (shape ``(B, K)``)::
 
-    BCE = mean_b [ -t_b log p_b - (1 - t_b) log(1 - p_b) ]            (torch BCEWithLogitsLoss)
-    TP = sum_b p_b t_b,   FP = sum_b p_b (1 - t_b),   FN = sum_b (1 - p_b) t_b
-    TI = TP / (TP + alpha FP + beta FN)
-    FTL = (1 - TI) ** gamma
+    BCE = mean_bk [ -t_bk log p_bk - (1 - t_bk) log(1 - p_bk) ]       (torch BCEWithLogitsLoss)
+    TP_k = sum_b p_bk t_bk,   FP_k = sum_b p_bk (1 - t_bk),   FN_k = sum_b (1 - p_bk) t_bk
+    TI_k = TP_k / (TP_k + alpha FP_k + beta FN_k)
+    FTL = mean_k (1 - TI_k) ** gamma                                  (0 for a class without
+                                                                       positives in the batch)
     loss = bce_weight * BCE + tversky_weight * FTL
+
+Per class, the Focal Tversky term is the binary one below; the mean over the K classes counts
+every class, as smp's ``multilabel`` mode does (for K = 1 it is the binary term itself).
 
 The Focal Tversky term is segmentation-models-pytorch's ``TverskyLoss(mode="binary", alpha,
 beta, gamma, from_logits=True)``, whose semantics were checked against its source (smp 0.6.0):
@@ -42,7 +46,7 @@ __all__ = ["ClassificationLoss"]
 
 
 class ClassificationLoss(nn.Module):
-    """``bce_weight * BCEWithLogits + tversky_weight * FocalTversky`` on ``(B, 1)`` logits.
+    """``bce_weight * BCEWithLogits + tversky_weight * FocalTversky`` on ``(B, K)`` logits.
 
     Defaults are the paper's (alpha 0.7, beta 0.3, gamma 1.33, both weights 1). ``pos_weight``
     is passed to ``BCEWithLogitsLoss`` (``None``: unweighted).
@@ -72,8 +76,8 @@ class ClassificationLoss(nn.Module):
 
     @staticmethod
     def _check(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if logits.ndim != 2 or logits.shape[1] != 1:
-            raise ValueError(f"logits must have shape (B, 1), got {tuple(logits.shape)}")
+        if logits.ndim != 2 or logits.shape[1] < 1:
+            raise ValueError(f"logits must have shape (B, K), got {tuple(logits.shape)}")
         if targets.shape != logits.shape:
             raise ValueError(
                 f"targets shape {tuple(targets.shape)} != logits shape {tuple(logits.shape)}"
@@ -84,12 +88,17 @@ class ClassificationLoss(nn.Module):
         """The unweighted ``"bce"`` and ``"tversky"`` terms and the weighted ``"total"``."""
         logits, targets = self._check(logits, targets)
         bce = self.bce(logits, targets)
-        one_minus_ti = self.tversky_index_loss(logits, targets)
-        tversky = torch.where(
-            one_minus_ti > 0,
-            one_minus_ti.clamp_min(1e-12) ** self.gamma,
-            torch.zeros_like(one_minus_ti),
-        )
+        per_class = []
+        for k in range(logits.shape[1]):
+            one_minus_ti = self.tversky_index_loss(logits[:, k : k + 1], targets[:, k : k + 1])
+            per_class.append(
+                torch.where(
+                    one_minus_ti > 0,
+                    one_minus_ti.clamp_min(1e-12) ** self.gamma,
+                    torch.zeros_like(one_minus_ti),
+                )
+            )
+        tversky = torch.stack(per_class).mean()
         total = self.bce_weight * bce + self.tversky_weight * tversky
         return {"bce": bce, "tversky": tversky, "total": total}
 

@@ -1,9 +1,11 @@
-"""Patches cut from larger images, each tagged from its source image's label or from the share
-of its real mask that is positive: how BCSS-WSSS and LUAD-HistoSeg were built from masked
-slides, and how the classifier gets many small training examples out of a few large images.
+"""Patches cut from larger images, each tagged from its source image's tags or from the classes
+its real mask holds: how BCSS-WSSS and LUAD-HistoSeg were built from masked slides, and how the
+classifier gets many small training examples out of a few large images.
 
 Only the train and val images are cut; a patch belongs to the split of its source image, so no
-image is on both sides. The workflow cuts the stain-normalized images at the working scale.
+image is on both sides. The workflow cuts the stain-normalized images at the working scale. Tags
+are :mod:`histo_wsss.classes` tag sets (binary: the positive class or none), so one rule tags
+binary and K-class patches.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histo_wsss.io import read_mask, read_rgb, write_png
+from histo_wsss.classes import LabelSpace
+from histo_wsss.io import read_rgb, write_png
 
 TAG_SOURCES = ("image", "mask")
-COLUMNS = ("name", "source", "split", "y", "x", "positive_share", "positive")
+COLUMNS = ("name", "source", "split", "y", "x", "positive_share", "positive", "tags")
 
 
 @dataclass(frozen=True)
 class PatchParams:
     """Keys of the ``patches`` config section: side and stride in pixels; ``tags`` = ``image``
-    (a patch inherits its image's label: image-level supervision only) or ``mask`` (positive
-    when at least ``min_share`` of its pixels are positive in the real mask)."""
+    (a patch inherits its image's tags: image-level supervision only) or ``mask`` (tagged with
+    each class that covers at least ``min_share`` of its pixels, and one pixel at least, in the
+    real mask)."""
 
     size: int
     stride: int
@@ -60,12 +64,16 @@ def grid(length: int, size: int, stride: int) -> list[int]:
 def cut(
     name: str,
     rgb: np.ndarray,
-    label: int,
+    tags: str,
     params: PatchParams,
-    mask: np.ndarray | None = None,
+    space: LabelSpace,
+    labels: np.ndarray | None = None,
 ) -> list[tuple[dict, np.ndarray]]:
     """``(row, patch)`` of every patch of one image, rows as in :data:`COLUMNS` (without
-    ``split``); ``positive_share`` is NaN without a mask."""
+    ``split``): ``tags`` (``;``-joined, class order) are the image's ``tags``, or the classes of
+    its real mask's ``labels`` (:mod:`histo_wsss.classes` label map) that cover at least
+    ``min_share`` of the patch; ``positive_share`` is the share of the patch that any class
+    covers (NaN without a mask), ``positive`` whether the patch has a tag."""
     height, width = rgb.shape[:2]
     try:
         ys, xs = grid(height, params.size, params.stride), grid(width, params.size, params.stride)
@@ -77,10 +85,11 @@ def cut(
     for y in ys:
         for x in xs:
             window = np.s_[y : y + params.size, x : x + params.size]
-            share = float(mask[window].mean()) if mask is not None else float("nan")
-            positive = share >= params.min_share if params.tags == "mask" else bool(label)
+            share = float(space.shares(labels[window]).sum()) if labels is not None else np.nan
+            if params.tags == "mask":
+                tags = space.join(space.tags_of(labels[window], params.min_share))
             row = {"name": f"{name}_y{y}_x{x}", "source": name, "y": y, "x": x}
-            row |= {"positive_share": round(share, 6), "positive": int(positive)}
+            row |= {"positive_share": round(share, 6), "positive": int(bool(tags)), "tags": tags}
             out.append((row, rgb[window]))
     return out
 
@@ -88,14 +97,17 @@ def cut(
 def extract(
     names: Sequence[str],
     splits: Sequence[str],
-    labels: Sequence[int],
+    tags: Sequence[str],
     images: Sequence[str | os.PathLike],
     masks: Sequence[str | os.PathLike],
     params: PatchParams,
+    space: LabelSpace,
     out_dir: str | os.PathLike,
 ) -> pd.DataFrame:
     """Cut every train/val image into ``out_dir/images/<patch>.png``; return the patch table
-    (:data:`COLUMNS`). ``masks`` (one per image) are needed only for ``tags: mask``."""
+    (:data:`COLUMNS`). ``tags``: each image's tag set; ``masks`` (one per image: real masks at
+    the working scale, as :meth:`~histo_wsss.classes.LabelSpace.write_labels` writes them) are
+    needed only for ``tags: mask``."""
     if params.tags == "mask" and len(masks) != len(names):
         raise ValueError("patches.tags is 'mask' but the dataset has no real masks")
     out_dir = Path(out_dir)
@@ -104,12 +116,12 @@ def extract(
         if split not in ("train", "val"):
             continue
         rgb = read_rgb(images[i])
-        mask = read_mask(masks[i]) if params.tags == "mask" else None
-        if mask is not None and mask.shape != rgb.shape[:2]:
+        labels = space.read_labels(masks[i]) if params.tags == "mask" else None
+        if labels is not None and labels.shape != rgb.shape[:2]:
             raise ValueError(
-                f"{masks[i]}: mask is {mask.shape}, its image {images[i]} {rgb.shape[:2]}"
+                f"{masks[i]}: mask is {labels.shape}, its image {images[i]} {rgb.shape[:2]}"
             )
-        for row, patch in cut(name, rgb, labels[i], params, mask):
+        for row, patch in cut(name, rgb, tags[i], params, space, labels):
             write_png(out_dir / "images" / f"{row['name']}.png", patch)
             rows.append({**row, "split": split})
     return pd.DataFrame(rows, columns=list(COLUMNS))

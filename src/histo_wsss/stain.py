@@ -21,7 +21,8 @@ import pandas as pd
 import torchstain
 from skimage import morphology
 
-from histo_wsss.io import read_mask, read_rgb, write_json, write_png
+from histo_wsss.classes import LabelSpace
+from histo_wsss.io import read_rgb, write_json, write_png
 from histo_wsss.logs import progress
 
 log = logging.getLogger(__name__)
@@ -232,13 +233,18 @@ def normalize_images(
 
 
 def scale_masks(
-    names: Sequence[str], masks: Sequence[str | Path], out_dir: str | Path, scale: float
+    names: Sequence[str],
+    masks: Sequence[str | Path],
+    out_dir: str | Path,
+    scale: float,
+    space: LabelSpace,
 ) -> None:
     """Write real masks resized by ``scale`` (as :func:`normalize_images` resizes their images)
-    to ``out_dir/masks`` as 0/255 PNG: every stage that measures against the real masks reads
-    them at the working resolution."""
+    to ``out_dir/masks`` as label maps (:meth:`histo_wsss.classes.LabelSpace.write_labels`:
+    binary masks as 0/255 PNG): every stage that measures against the real masks reads them at
+    the working resolution."""
     for name, path in zip(names, masks, strict=True):
-        write_png(Path(out_dir) / "masks" / f"{name}.png", read_mask(path, scale))
+        space.write_labels(Path(out_dir) / "masks" / f"{name}.png", space.read_truth(path, scale))
 
 
 def save_target(path: str | Path, target: StainTarget) -> None:

@@ -23,7 +23,7 @@ rule train_classifier:
     params:
         classifier=classifier_config(),
         images=sample_files("stain", "images"),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
     script:
         "../scripts/train_classifier.py"
 
@@ -47,7 +47,7 @@ rule evaluate_classifier:
         mem_mb=4000,
     params:
         images=sample_files("stain", "images"),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
         batch_size=config["classifier"]["batch_size"],
         device=config["classifier"]["device"],
     script:

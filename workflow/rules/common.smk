@@ -100,6 +100,24 @@ def dataset_config():
     return {**config["dataset"], "images": images, "labels": labels, "masks": masks}
 
 
+def _dataset_spec():
+    """The dataset section as the library reads it; for the demo too: a positive_class that is
+    not one of its classes fails here."""
+    try:
+        return DatasetSpec.from_config(dataset_config())
+    except DatasetError as err:
+        raise WorkflowError(f"invalid dataset: {err}") from None
+
+
+DATASET_SPEC = _dataset_spec()
+# The K foreground classes and how the masks encode them (histo_wsss.classes; binary: K = 1),
+# as the jobs' params carry them: LabelSpace(**LABELS).
+LABELS = {
+    "classes": list(DATASET_SPEC.label_space.classes),
+    "ignore_index": DATASET_SPEC.label_space.ignore_index,
+}
+
+
 # A folder dataset's files, listed with their sizes and times (rule dataset_manifest); rules
 # that read the whole dataset depend on this one file instead of on thousands of files (the DAG
 # of 30,000 images builds several times faster), and still rerun when any file changes.
@@ -113,16 +131,14 @@ def _samples():
     new or changed since the last manifest); the demo when it is generated.
     """
     images, _, masks = dataset_paths()
+    if DEMO:
+        names = demo_names(config["demo"]["n_images"])
+        return {n: f"{images}/{n}.png" for n in names}, {
+            n: f"{masks}/{n}.png" for n in names
+        }
     try:
-        # for the demo too: a positive_class that is not one of its classes fails here
-        spec = DatasetSpec.from_config(dataset_config())
-        if DEMO:
-            names = demo_names(config["demo"]["n_images"])
-            return {n: f"{images}/{n}.png" for n in names}, {
-                n: f"{masks}/{n}.png" for n in names
-            }
         table = load_labels(
-            spec,
+            DATASET_SPEC,
             checked=manifest_keys(MANIFEST),
             min_class_images=MIN_CLASS_IMAGES_NEEDED,
         )
@@ -473,7 +489,19 @@ def new_images():
     return folder_images("predict.images", folder) if folder else []
 
 
+# Stages that handle K classes so far (issue 15); CAMs, pseudo-masks and segmentation are
+# binary still, so a multi-label dataset's run ends with the classifier.
+MULTI_LABEL = DATASET_SPEC.format == "tags"
+
+
 def final_outputs():
+    if MULTI_LABEL:
+        return [
+            f"{RESULTS}/split/split.csv",
+            f"{RESULTS}/stain/qc.csv",
+            f"{RESULTS}/classifier/evaluation.json",
+            f"{RESULTS}/figures/classifier_learning_curve.png",
+        ]
     outputs = [
         f"{RESULTS}/split/split.csv",
         f"{RESULTS}/stain/qc.csv",

@@ -23,7 +23,7 @@ rule patches:
         names=shard_members("patches"),
         images=shard_sample_files("patches", "stain", "images"),
         masks=truth_masks("patches"),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
         patches=config["patches"],
     script:
         "../scripts/patches.py"

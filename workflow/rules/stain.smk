@@ -82,6 +82,7 @@ rule truth_masks:
         names=shard_members("truth"),
         masks=shard_file_paths("truth", SAMPLE_MASKS),
         scale=config["stain"]["scale"],
+        labels=LABELS,
         fingerprint=shard_fingerprint("truth", "mask"),
     script:
         "../scripts/truth_masks.py"

@@ -11,7 +11,7 @@ from histo_wsss.splits import read_split
 
 with job_log(snakemake.log[0]) as log:
     peaks = pd.concat(pd.read_csv(Path(d) / "peaks.csv") for d in snakemake.input.cams)
-    split = read_split(snakemake.input.split, snakemake.params.positive_class)
+    split = read_split(snakemake.input.split, [snakemake.params.positive_class])
     table = split.merge(peaks[["name", "peak_row", "peak_col"]], on="name", validate="1:1")
     summary = {"n_images": len(table), "has_ground_truth": bool(snakemake.params.masks)}
     if snakemake.params.masks:

@@ -15,7 +15,7 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
     cfg = snakemake.params.cam
     device = resolve_device(cfg["device"])
     model = load_checkpoint(snakemake.input.model, device)
-    positive = read_split(snakemake.input.split, snakemake.params.positive_class)
+    positive = read_split(snakemake.input.split, [snakemake.params.positive_class])
     positive = dict(zip(positive["name"], positive["positive"], strict=True))
     items = [(n, snakemake.params.images[n], positive[n]) for n in snakemake.params.names]
     with atomic_dir(snakemake.output[0]) as out:

@@ -15,7 +15,7 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
     p = snakemake.params
     device = resolve_device(p.device)
     model = load_checkpoint(snakemake.input.model, device)
-    split = read_split(snakemake.input.split, p.positive_class)
+    split = read_split(snakemake.input.split, [p.positive_class])
     split = split[split["split"].isin(["val", "test"])]
     with atomic_dir(snakemake.output[0]) as out:
         rows = split[["name", "split", "positive"]].rename(columns={"positive": "label"})

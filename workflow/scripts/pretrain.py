@@ -16,7 +16,7 @@ from histo_wsss.stain import StainParams, StainTarget, normalize
 with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
-    split = read_split(snakemake.input.split, positive_class="")  # labels unused
+    split = read_split(snakemake.input.split, [])  # labels unused
     names = split.loc[split["split"].isin(["train", "val"]), "name"]
     images = [read_rgb(p.images[n]) for n in names]
     extra = list(snakemake.input.get("extra", []))

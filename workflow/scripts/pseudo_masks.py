@@ -9,7 +9,7 @@ from histo_wsss.splits import read_split
 with job_log(snakemake.log[0]) as log:
     cfg = dict(snakemake.params.refine)
     save_steps, _ = cfg.pop("save_steps"), cfg.pop("shards")
-    split = read_split(snakemake.input.split, snakemake.params.positive_class)
+    split = read_split(snakemake.input.split, [snakemake.params.positive_class])
     positive = dict(zip(split["name"], split["positive"], strict=True))
     p = snakemake.params
     items = [

@@ -10,7 +10,7 @@ from histo_wsss.splits import read_split
 with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
-    split = read_split(snakemake.input.split, p.positive_class)
+    split = read_split(snakemake.input.split, [p.positive_class])
     items = {
         part: [
             (p.images[n], p.masks[n], y)
