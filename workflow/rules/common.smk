@@ -24,7 +24,7 @@ from histo_wsss.dataset import (
     manifest_keys,
     wildcard_problem,
 )
-from histo_wsss.demo import DEMO_KEYS, demo_names
+from histo_wsss.demo import DEMO_KEYS, demo_names, demo_spec
 from histo_wsss.io import unwritable_folders
 from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
@@ -98,13 +98,23 @@ def dataset_paths():
 
 def demo_params():
     """What the demo generator reads: the `demo` keys of the labels format (DEMO_KEYS) and, for
-    the multi-class demo, the format and the ignore index; no other key reruns it."""
+    the multi-class demo, the format and the ignore index; no other key reruns it. A demo that
+    cannot be drawn (e.g. a class without a texture) fails here, at DAG build."""
     params = {key: config["demo"][key] for key in DEMO_KEYS[LABELS_FORMAT]}
     if LABELS_FORMAT == "tags":
         params |= {
             "labels_format": "tags",
             "ignore_index": config["dataset"]["ignore_index"],
         }
+    if DEMO:
+        try:
+            demo_spec(
+                params,
+                config["dataset"]["classes"],
+                config["dataset"].get("positive_class"),
+            )
+        except ValueError as err:
+            raise WorkflowError(f"demo: {err}") from None
     return params
 
 
