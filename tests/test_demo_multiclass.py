@@ -195,9 +195,9 @@ def test_spec_from_config():
     assert demo_spec(binary, ["SSA", "HP"], "SSA").negative_class == "HP"
     preset = yaml.safe_load((REPO / "config" / "demo_multiclass.yaml").read_text())
     dataset = preset["dataset"]
-    assert dataset["labels_format"] == "tags" and len(dataset["classes"]) >= 3
+    assert dataset["format"] == "tags" and len(dataset["classes"]) >= 3
     params = {k: preset["demo"][k] for k in demo.DEMO_KEYS["tags"]}
-    params |= {"labels_format": "tags", "ignore_index": dataset["ignore_index"]}
+    params |= {"format": "tags", "ignore_index": dataset["ignore_index"]}
     spec = demo_spec(params, dataset["classes"], "lesion")
     assert spec.multiclass and spec.classes == tuple(dataset["classes"])
     assert set(spec.classes) <= set(TEXTURES) and spec.ignore_index == dataset["ignore_index"]

@@ -143,11 +143,11 @@ class DemoSpec:
 
 def demo_spec(demo: Mapping, classes: Sequence[str], positive_class: str) -> DemoSpec:
     """The spec of the config's demo: ``demo`` holds the `demo` keys of its labels format
-    (:data:`DEMO_KEYS`), plus ``labels_format: tags`` and ``ignore_index`` for the multi-class
+    (:data:`DEMO_KEYS`), plus ``format: tags`` and ``ignore_index`` for the multi-class
     demo, whose classes are ``classes``; else the binary demo's positive class is
     ``positive_class`` and its negative class the other of ``classes``."""
     demo = dict(demo)
-    if demo.pop("labels_format", "mhist") == "tags":
+    if demo.pop("format", "mhist") == "tags":
         return DemoSpec(**demo, tissues=tuple(classes))
     negative, positive = classes
     if positive != positive_class:

@@ -43,7 +43,7 @@ MIN_CLASS_IMAGES_NEEDED = (
 )
 DEMO_DIR = f"{RESULTS}/demo"
 # mhist: MHIST's binary labels CSV; tags: a multi-label `Tags` column and class-index masks
-LABELS_FORMAT = config["dataset"].get("labels_format", "mhist")
+LABELS_FORMAT = config["dataset"].get("format", "mhist")
 
 # Paths in the config, which become inputs or outputs of jobs.
 PATH_KEYS = (
@@ -103,7 +103,7 @@ def demo_params():
     params = {key: config["demo"][key] for key in DEMO_KEYS[LABELS_FORMAT]}
     if LABELS_FORMAT == "tags":
         params |= {
-            "labels_format": "tags",
+            "format": "tags",
             "ignore_index": config["dataset"]["ignore_index"],
         }
     if DEMO:
