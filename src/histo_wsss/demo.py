@@ -1,26 +1,38 @@
-"""Embedded synthetic H&E demo dataset in MHIST's format.
+"""Embedded synthetic H&E demo datasets: MHIST's binary format, and a multi-class, multi-label one.
 
-Tissue is drawn as haematoxylin and eosin concentration maps (eosin-pink fibrous stroma with
-scattered nuclei, glands with epithelial rims around white lumens, white background at some
-borders) and turned into RGB through Beer-Lambert with per-image stain vectors and stain
-amounts, so stain normalisation has real work to do. Positive images hold 1-3 irregular
-dysplasia-like regions (crowded, enlarged, hyperchromatic nuclei; more purple cytoplasm);
-the pixel ground truth is exactly that region within the tissue.
+Tissue is drawn as haematoxylin and eosin concentration maps and turned into RGB through
+Beer-Lambert with per-image stain vectors and stain amounts, so stain normalisation has real work
+to do; white background at some borders. Every image is laid out the same way: its tissue is one
+class, and each further class present carves an irregular region out of what is left
+(:func:`_carve`); each class then paints its own texture.
+
+- The binary demo (MHIST's labels CSV; masks 255 = positive class): colon mucosa (eosin-pink
+  fibrous stroma with scattered nuclei, glands with epithelial rims around white lumens);
+  positive images hold 1-3 dysplasia-like regions (crowded, enlarged, hyperchromatic nuclei;
+  more purple cytoplasm) covering 10-60% of the tissue.
+- The multi-class demo (``DemoSpec.tissues``; a ``Tags`` labels CSV and class-index masks, the
+  ignore index on the white background): each image holds 1-3 of the tissue classes of
+  :data:`TEXTURES`, each covering at least ``min_share`` of the image, and its tags are exactly
+  the classes of its mask.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgb
+from matplotlib.patches import Patch
+from PIL import Image
 
 from histo_wsss.figures import figure
-from histo_wsss.io import read_mask, read_rgb, write_csv, write_png
+from histo_wsss.io import read_rgb, write_csv, write_png
 
 COLUMNS = (
     "Image Name",
@@ -28,6 +40,10 @@ COLUMNS = (
     "Number of Annotators who Selected SSA (Out of 7)",
     "Partition",
 )
+TAGS_COLUMNS = ("Image Name", "Tags", "Partition")  # the multi-label labels CSV
+TAG_SEPARATOR = ";"
+POSITIVE_COLOUR = "#00ff66"  # the binary contact sheet's outline of the positive class
+CLASS_COLOURS = ("#ffd400", "#00e5ff", "#ff3df5", "#00ff66", "#ff7f0e", "#1f77b4")  # multi-class
 # Typical H and E optical-density vectors of scanned H&E slides (Macenko et al.'s reference, as
 # used by torchstain); Ruifrok & Johnston's idealised eosin (0.07, 0.99, 0.11) absorbs almost no
 # red, which real slides do not show and which Macenko's OD threshold cannot see.
@@ -36,11 +52,26 @@ E_REF = np.array([0.2159, 0.8012, 0.5581])
 BACKGROUND_SHARE = 0.03  # share of (negative) images that are almost entirely background
 _SHIFT = 4  # cv2 sub-pixel drawing: coordinates in 1/16 px
 _LABEL_STREAM = 0xDE30  # spawn key separating the label stream from the per-image streams
+LESION_SHARE = (0.1, 0.6)  # the binary demo's lesion: this share of the tissue
+CARVE_SHARE = (0.25, 0.65)  # a further class of the multi-class demo: this share of what is left
+# The demo's keys (config section `demo`) that each labels format reads.
+DEMO_KEYS = {
+    "mhist": ("n_images", "size", "seed", "positive_fraction", "test_fraction"),
+    "tags": ("n_images", "size", "seed", "test_fraction", "classes_per_image", "min_share"),
+}
 
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """Parameters of the demo dataset."""
+    """Parameters of a demo dataset: binary (MHIST's format) unless ``tissues`` names classes.
+
+    ``tissues``: the multi-class demo's classes, in ``dataset.classes`` order, each a name of
+    :data:`TEXTURES`; ``classes_per_image``: the shares of images holding 1, 2, 3, ... of them;
+    ``min_share``: the least share of an image's pixels a class present covers (smaller regions
+    are merged into the largest class, so the tags are exactly the classes of the mask);
+    ``ignore_index``: the mask value of the white non-tissue background. ``positive_fraction``
+    and the two class names apply to the binary demo only.
+    """
 
     n_images: int = 200
     size: int = 224
@@ -49,8 +80,15 @@ class DemoSpec:
     test_fraction: float = 0.2
     negative_class: str = "normal"
     positive_class: str = "lesion"
+    tissues: tuple[str, ...] = ()
+    classes_per_image: tuple[float, ...] = (0.2, 0.45, 0.35)
+    min_share: float = 0.05
+    ignore_index: int = 255
 
     def __post_init__(self) -> None:
+        # lists (from a config) become tuples: the spec is hashed
+        object.__setattr__(self, "tissues", tuple(self.tissues))
+        object.__setattr__(self, "classes_per_image", tuple(self.classes_per_image))
         if self.n_images < 1:
             raise ValueError(f"n_images must be >= 1, got {self.n_images}")
         if self.seed < 0:
@@ -62,6 +100,59 @@ class DemoSpec:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.negative_class == self.positive_class:
             raise ValueError(f"the two class names must differ, got {self.positive_class!r}")
+        if self.multiclass:
+            self._check_tissues()
+
+    def _check_tissues(self) -> None:
+        unknown = [t for t in self.tissues if t not in TEXTURES]
+        if unknown:
+            raise ValueError(
+                f"the multi-class demo draws the classes {', '.join(TEXTURES)}; "
+                f"{', '.join(map(repr, unknown))} is none of them"
+            )
+        if len(set(self.tissues)) < len(self.tissues) or len(self.tissues) < 2:
+            raise ValueError(f"the multi-class demo needs 2+ distinct classes, got {self.tissues}")
+        shares = np.asarray(self.classes_per_image, float)
+        if not (
+            1 <= len(shares) <= len(self.tissues)
+            and (shares >= 0).all()
+            and abs(shares.sum() - 1) < 1e-6
+        ):
+            raise ValueError(
+                "classes_per_image must give the shares of images with 1, 2, ... classes (at "
+                f"most {len(self.tissues)}), summing to 1; got {list(self.classes_per_image)}"
+            )
+        if not 0.0 <= self.min_share <= 0.2:
+            raise ValueError(f"min_share must lie in [0, 0.2], got {self.min_share}")
+        if not len(self.tissues) <= self.ignore_index <= 255:
+            raise ValueError(
+                f"ignore_index must lie in [{len(self.tissues)}, 255] (not a class index), got "
+                f"{self.ignore_index}"
+            )
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether this is the multi-class, multi-label demo."""
+        return bool(self.tissues)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in the order of their indices (binary: negative, positive)."""
+        return self.tissues or (self.negative_class, self.positive_class)
+
+
+def demo_spec(demo: Mapping, classes: Sequence[str], positive_class: str) -> DemoSpec:
+    """The spec of the config's demo: ``demo`` holds the `demo` keys of its labels format
+    (:data:`DEMO_KEYS`), plus ``format: tags`` and ``ignore_index`` for the multi-class
+    demo, whose classes are ``classes``; else the binary demo's positive class is
+    ``positive_class`` and its negative class the other of ``classes``."""
+    demo = dict(demo)
+    if demo.pop("format", "mhist") == "tags":
+        return DemoSpec(**demo, tissues=tuple(classes))
+    negative, positive = classes
+    if positive != positive_class:
+        negative, positive = positive, negative
+    return DemoSpec(**demo, negative_class=negative, positive_class=positive)
 
 
 def demo_names(n_images: int) -> list[str]:
@@ -72,9 +163,13 @@ def demo_names(n_images: int) -> list[str]:
 
 @functools.lru_cache(maxsize=8)
 def _assign(spec: DemoSpec) -> pd.DataFrame:
-    """Seeded per-image label, annotator count, near-background flag and partition."""
+    """Seeded per-image plan: ``present`` (the class indices drawn, the tissue's class first),
+    ``background`` (almost no tissue) and ``test`` (the partition); binary: also ``positive``
+    and the annotator count ``votes``."""
     n = spec.n_images
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, n], spawn_key=(_LABEL_STREAM,)))
+    if spec.multiclass:
+        return _assign_tissues(spec, rng)
     positive = np.zeros(n, bool)
     positive[rng.choice(n, round(n * spec.positive_fraction), replace=False)] = True
     votes = np.where(positive, rng.integers(4, 8, n), rng.integers(0, 4, n))
@@ -82,13 +177,43 @@ def _assign(spec: DemoSpec) -> pd.DataFrame:
     n_background = min(len(negatives), max(int(n >= 20), round(n * BACKGROUND_SHARE)))
     background = np.zeros(n, bool)
     background[rng.choice(negatives, n_background, replace=False)] = True
-    test = np.zeros(n, bool)
-    for members in (negatives, np.flatnonzero(positive)):
-        test[rng.choice(members, round(len(members) * spec.test_fraction), replace=False)] = True
+    test = _stratified_test(rng, positive, spec.test_fraction)
     return pd.DataFrame(
-        {"positive": positive, "votes": votes, "background": background, "test": test},
+        {
+            "present": [(0, 1) if p else (0,) for p in positive],
+            "background": background,
+            "test": test,
+            "positive": positive,
+            "votes": votes,
+        },
         index=demo_names(n),
     )
+
+
+def _assign_tissues(spec: DemoSpec, rng: np.random.Generator) -> pd.DataFrame:
+    """The multi-class plan: how many classes (``classes_per_image``) and which (uniformly, in
+    a random order: the first is the tissue's, the others carve regions out of it)."""
+    n, k = spec.n_images, len(spec.tissues)
+    counts = rng.choice(len(spec.classes_per_image), n, p=spec.classes_per_image) + 1
+    present = [tuple(int(c) for c in rng.permutation(k)[:m]) for m in counts]
+    combination = np.array([sum(1 << c for c in p) for p in present])
+    return pd.DataFrame(
+        {
+            "present": present,
+            "background": np.zeros(n, bool),
+            "test": _stratified_test(rng, combination, spec.test_fraction),
+        },
+        index=demo_names(n),
+    )
+
+
+def _stratified_test(rng: np.random.Generator, group: np.ndarray, fraction: float) -> np.ndarray:
+    """``fraction`` of each group's images (rounded) marked test, groups in sorted order."""
+    test = np.zeros(len(group), bool)
+    for value in np.unique(group):
+        members = np.flatnonzero(group == value)
+        test[rng.choice(members, round(len(members) * fraction), replace=False)] = True
+    return test
 
 
 # ----------------------------------------------------------------------------- random fields
@@ -146,8 +271,8 @@ def _tissue(rng: np.random.Generator, size: int, background: bool) -> np.ndarray
     return score >= np.quantile(score, 1.0 - fraction)
 
 
-def _lesion_region(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
-    """1-3 irregular blobs covering 10-60% of the tissue."""
+def _carve(rng: np.random.Generator, tissue: np.ndarray, share: tuple[float, float]) -> np.ndarray:
+    """1-3 irregular blobs covering a random ``share`` (low, high) of ``tissue``."""
     size = tissue.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     inside = np.argwhere(tissue)
@@ -158,10 +283,34 @@ def _lesion_region(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
         blob = -0.5 * (((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2)
         score = np.maximum(score, blob + rng.uniform(-0.3, 0.0))
     score += 0.3 * _field(rng, tissue.shape, 12.0) + 0.1 * _field(rng, tissue.shape, 5.0)
-    fraction = rng.uniform(0.1, 0.6)
+    fraction = rng.uniform(*share)
     region = score >= np.quantile(score[tissue], 1.0 - fraction)
     opened = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     return (opened.astype(bool) if opened.any() else region) & tissue
+
+
+def _layout(rng: np.random.Generator, spec: DemoSpec, tissue: np.ndarray, present) -> np.ndarray:
+    """Class index per pixel, -1 off the tissue: the tissue is class ``present[0]``, and each
+    further class carves a region out of what is left. In the multi-class demo a class under
+    ``min_share`` of the pixels is then merged into the largest, so every class of the mask
+    covers at least that share (and is tagged)."""
+    labels = np.where(tissue, present[0], -1).astype(np.int16)
+    free = tissue
+    for c in present[1:]:
+        region = _carve(rng, free, CARVE_SHARE if spec.multiclass else LESION_SHARE)
+        labels[region] = c
+        free = free & ~region
+    if not spec.multiclass:
+        return labels
+    counts = np.bincount(labels[tissue], minlength=len(spec.classes))
+    while True:
+        small = np.flatnonzero((counts > 0) & (counts < spec.min_share * labels.size))
+        if not len(small):
+            return labels
+        smallest, largest = small[np.argmin(counts[small])], np.argmax(counts)
+        labels[labels == smallest] = largest
+        counts[largest] += counts[smallest]
+        counts[smallest] = 0
 
 
 # ----------------------------------------------------------------------------- tissue drawing
@@ -323,6 +472,79 @@ def _draw_gland(rng, canvas: _Canvas, region, cx, cy, lumen_r, wall, les) -> Non
             canvas.nucleus(x, y, long, short, angle + rng.normal(0, 8), value)
 
 
+# ----------------------------------------------------------------------------- tissue classes
+
+
+def _points(rng: np.random.Generator, region: np.ndarray, per_px: float) -> np.ndarray:
+    """Random points (x, y) in ``region``, ``per_px`` per pixel on average."""
+    inside = np.argwhere(region)[:, ::-1]
+    k = rng.poisson(len(inside) * per_px) if len(inside) else 0
+    return inside[rng.integers(0, max(len(inside), 1), k)] + rng.uniform(0, 1, (k, 2))
+
+
+def _draw_nuclei(rng, canvas: _Canvas, xy, long, aspect, value, angle=None) -> None:
+    """Nuclei at ``xy``: half long axis uniform in ``long`` (px), half short axis that times a
+    uniform ``aspect``, stain uniform in ``value`` (0-255); orientation ``angle`` (degrees, +-15)
+    or random."""
+    k = len(xy)
+    half_long = rng.uniform(*long, k)
+    half_short = half_long * rng.uniform(*aspect, k)
+    stain = rng.uniform(*value, k)
+    turn = rng.uniform(0, 180, k) if angle is None else angle + rng.normal(0, 15, k)
+    for i in range(k):
+        canvas.nucleus(xy[i, 0], xy[i, 1], half_long[i], half_short[i], turn[i], stain[i])
+
+
+def _tumor(rng, canvas: _Canvas, region: np.ndarray):
+    """Tumour: sheets of crowded, enlarged, pleomorphic, hyperchromatic nuclei in purple
+    cytoplasm, split into nests by thin eosin-pink septa."""
+    septa = np.exp(-((_field(rng, region.shape, 9.0) / 0.15) ** 2))  # zero crossings: a network
+    xy = _points(rng, region & (septa < 0.3), 1 / 70)
+    _draw_nuclei(rng, canvas, xy, (3.8, 5.6), (0.6, 0.9), (175, 230))
+    e = 0.2 + 0.03 * _field(rng, region.shape, 3.0) + 0.3 * septa
+    return 0.05 + 0.07 * (1 - septa), e
+
+
+def _stroma(rng, canvas: _Canvas, region: np.ndarray):
+    """Stroma: eosin-pink wavy collagen fibres with pale loose patches, sparse spindle
+    fibroblast nuclei along the fibres and a few lymphocytes."""
+    fibres, fibre_angle = _fibres(rng, region.shape[0])
+    loose = np.clip(0.5 + 0.5 * _field(rng, region.shape, 6.0), 0, 1)
+    _draw_nuclei(
+        rng, canvas, _points(rng, region, 1 / 700), (3.0, 4.2), (0.35, 0.5), (150, 205), fibre_angle
+    )
+    _draw_nuclei(rng, canvas, _points(rng, region, 1 / 3000), (2.0, 2.7), (0.8, 1.0), (175, 220))
+    return np.full(region.shape, 0.07, np.float32), 0.12 + 0.55 * fibres * (0.55 + 0.45 * loose)
+
+
+def _lymphocytes(rng, canvas: _Canvas, region: np.ndarray):
+    """Lymphocytic infiltrate: dense small round dark nuclei, scant cytoplasm, a few larger
+    pale histiocyte nuclei."""
+    _draw_nuclei(rng, canvas, _points(rng, region, 1 / 800), (3.5, 4.5), (0.7, 0.9), (110, 140))
+    _draw_nuclei(rng, canvas, _points(rng, region, 1 / 20), (2.0, 2.7), (0.8, 1.0), (200, 235))
+    return np.full(region.shape, 0.09, np.float32), 0.1 + 0.03 * _field(rng, region.shape, 3.0)
+
+
+def _necrosis(rng, canvas: _Canvas, region: np.ndarray):
+    """Necrosis: pale, blotchy, structureless eosin with faint ghost nuclei and clusters of
+    small dark nuclear debris (karyorrhexis)."""
+    shape = region.shape
+    _draw_nuclei(rng, canvas, _points(rng, region, 1 / 500), (2.5, 4.0), (0.8, 1.0), (40, 80))
+    clusters = region & (_field(rng, shape, 8.0) > -0.3)
+    _draw_nuclei(rng, canvas, _points(rng, clusters, 1 / 60), (0.6, 1.5), (0.5, 1.0), (150, 230))
+    e = 0.24 + 0.07 * _field(rng, shape, 6.0)
+    return 0.05 + 0.02 * _field(rng, shape, 2.5), e
+
+
+# The multi-class demo's tissue classes and their painters: (rng, canvas, region) -> H, E maps.
+TEXTURES = {
+    "tumor": _tumor,
+    "stroma": _stroma,
+    "lymphocytes": _lymphocytes,
+    "necrosis": _necrosis,
+}
+
+
 def _staining(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Per-image staining: stain matrix (rows H, E: the Ruifrok vectors each rotated by 2-7
     degrees, renormalised), stain amounts (H, E; incl. section thickness), Io, glass OD."""
@@ -340,15 +562,11 @@ def _staining(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, 
     return np.stack(vectors).astype(np.float32), amounts.astype(np.float32), io, glass
 
 
-def render(spec: DemoSpec, index: int, positive: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Render image ``index``: RGB uint8 ``HxWx3`` and its boolean positive-class mask."""
-    size = spec.size
-    background = (not positive) and bool(_assign(spec)["background"].iloc[index])
-    rng = np.random.default_rng([spec.seed, index])
-    tissue = _tissue(rng, size, background)
-    region = _lesion_region(rng, tissue) if positive else np.zeros_like(tissue)
-    canvas = _Canvas(size)
-
+def _paint_mucosa(rng, canvas: _Canvas, labels: np.ndarray, spec: DemoSpec):
+    """The binary demo's colon mucosa, dysplastic in the positive class's region: H and E
+    concentration maps and the chromatin variegation of its nuclei."""
+    size = canvas.size
+    tissue, region = labels >= 0, labels == 1
     fibres, fibre_angle = _fibres(rng, size)
     loose = np.clip(0.5 + 0.5 * _field(rng, (size, size), 6.0), 0, 1)  # pale, loose patches
     _glands(rng, canvas, tissue, region)
@@ -358,9 +576,6 @@ def render(spec: DemoSpec, index: int, positive: bool) -> tuple[np.ndarray, np.n
     epi, lumen = canvas.epithelium, canvas.lumen
     stroma = np.clip(1.0 - epi - lumen, 0, 1)
     goblets = canvas.goblets.astype(np.float32) / 255 * epi
-    chromatin = 1.0 + 0.25 * _field(rng, (size, size), 0.8) * (1 + 0.6 * soft_region)
-    nuclei = canvas.nuclei.astype(np.float32) / 255 * np.clip(chromatin, 0.5, 1.5)
-
     conc_e = (
         stroma * (0.12 + 0.55 * fibres * (0.55 + 0.45 * loose))
         + epi * (0.24 + 0.04 * soft_region) * (1 - 0.85 * goblets)
@@ -372,9 +587,41 @@ def render(spec: DemoSpec, index: int, positive: bool) -> tuple[np.ndarray, np.n
         + goblets * 0.14
         + lumen * 0.01
     )
-    conc_h = np.maximum(conc_h, 2.0 * nuclei)
-    conc_e = conc_e * (1 - 0.5 * np.clip(nuclei, 0, 1))
+    return conc_h, conc_e, 1 + 0.6 * soft_region
 
+
+def _paint_tissues(rng, canvas: _Canvas, labels: np.ndarray, spec: DemoSpec):
+    """The multi-class demo: each class present paints its texture (:data:`TEXTURES`) in its
+    region, blended over 1-2 px where classes meet; tumour chromatin is the most variegated."""
+    shape = labels.shape
+    present = [c for c in range(len(spec.tissues)) if (labels == c).any()]
+    soft = [cv2.GaussianBlur((labels == c).astype(np.float32), (0, 0), 1.0) for c in present]
+    total = np.sum(soft, axis=0) + np.float32(1e-6)
+    conc_h, conc_e = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    variegation = np.ones(shape, np.float32)
+    for c, weight in zip(present, soft, strict=True):
+        weight = weight / total
+        h, e = TEXTURES[spec.tissues[c]](rng, canvas, labels == c)
+        conc_h += weight * h
+        conc_e += weight * e
+        if spec.tissues[c] == "tumor":
+            variegation += 0.6 * weight
+    return conc_h, conc_e, variegation
+
+
+def _with_nuclei(rng, canvas: _Canvas, conc_h, conc_e, variegation):
+    """Add the canvas's nuclei (mottled chromatin, more so where ``variegation`` is high) to
+    the H and E concentration maps."""
+    size = canvas.size
+    chromatin = 1.0 + 0.25 * _field(rng, (size, size), 0.8) * variegation
+    nuclei = canvas.nuclei.astype(np.float32) / 255 * np.clip(chromatin, 0.5, 1.5)
+    return np.maximum(conc_h, 2.0 * nuclei), conc_e * (1 - 0.5 * np.clip(nuclei, 0, 1))
+
+
+def _optics(rng, conc_h, conc_e, tissue: np.ndarray) -> np.ndarray:
+    """Beer-Lambert: stain concentrations (times a section thickness) to RGB uint8 with this
+    image's stain vectors, amounts, illumination and glass; slight optical blur, sensor noise."""
+    size = tissue.shape[0]
     section = 1.0 + 0.1 * _field(rng, (size, size), 30.0)  # section thickness
     soft_tissue = cv2.GaussianBlur(tissue.astype(np.float32), (0, 0), 1.0)
     stains, amounts, io, glass = _staining(rng)
@@ -383,45 +630,130 @@ def render(spec: DemoSpec, index: int, positive: bool) -> tuple[np.ndarray, np.n
     rgb = io * np.exp(-od)
     rgb = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 0.6)
     rgb += rng.normal(0, 1.5, rgb.shape).astype(np.float32)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), region
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _encode(spec: DemoSpec, labels: np.ndarray) -> np.ndarray:
+    """The mask as written: binary 255 on the positive class, else 0; multi-class the class
+    index, ``ignore_index`` off the tissue."""
+    if spec.multiclass:
+        values = [*range(len(spec.tissues)), spec.ignore_index]
+    else:
+        values = [0, 255, 0]
+    return np.asarray(values, np.uint8)[labels]  # label -1 (off the tissue) takes the last
+
+
+def render(spec: DemoSpec, index: int, present=None) -> tuple[np.ndarray, np.ndarray]:
+    """Render image ``index``: RGB uint8 ``HxWx3`` and its mask as written (:func:`_encode`).
+
+    ``present``: the class indices drawn, the tissue's class first (default: the plan's); for
+    the binary demo also True/False, a positive/negative image.
+    """
+    plan = _assign(spec).iloc[index]
+    if present is None:
+        present = plan.present
+    elif isinstance(present, (bool, np.bool_)):
+        present = (0, 1) if present else (0,)
+    rng = np.random.default_rng([spec.seed, index])
+    tissue = _tissue(rng, spec.size, len(present) == 1 and bool(plan.background))
+    labels = _layout(rng, spec, tissue, present)
+    canvas = _Canvas(spec.size)
+    paint = _paint_tissues if spec.multiclass else _paint_mucosa
+    conc_h, conc_e = _with_nuclei(rng, canvas, *paint(rng, canvas, labels, spec))
+    return _optics(rng, conc_h, conc_e, tissue), _encode(spec, labels)
+
+
+def mask_tags(spec: DemoSpec, mask: np.ndarray) -> str:
+    """A multi-class mask's tags: its classes, ``;``-separated in the spec's class order."""
+    values = np.unique(mask)
+    return TAG_SEPARATOR.join(spec.tissues[v] for v in values if v < len(spec.tissues))
 
 
 def generate(spec: DemoSpec, out_dir: str | os.PathLike) -> pd.DataFrame:
-    """Write ``images/``, ``masks/`` and ``labels.csv`` (MHIST columns) under ``out_dir``."""
+    """Write ``images/``, ``masks/`` and ``labels.csv`` under ``out_dir``: MHIST's columns for
+    the binary demo, :data:`TAGS_COLUMNS` (tags from each mask) for the multi-class one."""
     out_dir = Path(out_dir)
     plan = _assign(spec)
-    for index, (name, row) in enumerate(plan.iterrows()):
-        rgb, mask = render(spec, index, bool(row.positive))
+    tags = []
+    for index, name in enumerate(plan.index):
+        rgb, mask = render(spec, index)
         write_png(out_dir / "images" / f"{name}.png", rgb)
         write_png(out_dir / "masks" / f"{name}.png", mask)
-    table = pd.DataFrame(
-        {
-            COLUMNS[0]: [f"{name}.png" for name in plan.index],
-            COLUMNS[1]: np.where(plan.positive, spec.positive_class, spec.negative_class),
-            COLUMNS[2]: plan.votes.astype(int).to_numpy(),
-            COLUMNS[3]: np.where(plan.test, "test", "train"),
-        }
-    )
+        if spec.multiclass:
+            tags.append(mask_tags(spec, mask))
+    names = [f"{name}.png" for name in plan.index]
+    partition = np.where(plan.test, "test", "train")
+    if spec.multiclass:
+        table = pd.DataFrame(dict(zip(TAGS_COLUMNS, (names, tags, partition), strict=True)))
+    else:
+        table = pd.DataFrame(
+            {
+                COLUMNS[0]: names,
+                COLUMNS[1]: np.where(plan.positive, spec.positive_class, spec.negative_class),
+                COLUMNS[2]: plan.votes.astype(int).to_numpy(),
+                COLUMNS[3]: partition,
+            }
+        )
     write_csv(out_dir / "labels.csv", table)
     return table
 
 
-def contact_sheet(out_dir: str | os.PathLike, path: str | os.PathLike, n: int = 16) -> None:
-    """Save a grid of ``n`` demo images (both classes, by name) with mask outlines and labels."""
+def _tint(mask: np.ndarray, n_classes: int) -> np.ndarray:
+    """RGBA overlay: each class index its colour (:data:`CLASS_COLOURS`) at alpha 0.2."""
+    colours = np.zeros((256, 4))
+    colours[:n_classes] = [(*to_rgb(c), 0.2) for c in CLASS_COLOURS[:n_classes]]
+    return colours[mask]
+
+
+def contact_sheet(
+    out_dir: str | os.PathLike,
+    path: str | os.PathLike,
+    n: int = 16,
+    classes: Sequence[str] | None = None,
+) -> None:
+    """Save a grid of ``n`` demo images (each label or tag combination in turn, by name) titled
+    with their labels. Binary demo (``classes`` None): the positive-class mask outlined; multi-
+    class demo (its ``classes``): each class tinted and outlined in its colour, with a legend."""
     out_dir = Path(out_dir)
     table = pd.read_csv(out_dir / "labels.csv")
-    first = table.groupby(COLUMNS[1], sort=False).head((n + 1) // 2)  # both classes shown
-    chosen = pd.concat([first, table.drop(first.index)]).head(n).sort_index()
+    label = COLUMNS[1] if classes is None else TAGS_COLUMNS[1]
+    rank = table.groupby(label, sort=False).cumcount()  # round robin over the labels
+    chosen = table.loc[rank.sort_values(kind="stable").index[:n]].sort_index()
+    outlines = (
+        [(255, POSITIVE_COLOUR)]
+        if classes is None
+        else list(enumerate(CLASS_COLOURS[: len(classes)]))
+    )
     cols = int(np.ceil(np.sqrt(len(chosen))))
     rows = int(np.ceil(len(chosen) / cols))
-    with figure(path, (2.2 * cols, 2.45 * rows)) as fig:
+    with figure(path, (2.2 * cols, 2.45 * rows + (0.3 if classes else 0))) as fig:
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax in axes:
             ax.set_axis_off()
         for ax, (_, row) in zip(axes, chosen.iterrows(), strict=False):
             name = row[COLUMNS[0]]
             ax.imshow(read_rgb(out_dir / "images" / name), interpolation="nearest")
-            mask = read_mask(out_dir / "masks" / name)
-            if mask.any():
-                ax.contour(mask.astype(float), levels=[0.5], colors="#00ff66", linewidths=1.0)
-            ax.set_title(f"{Path(name).stem}\n{row[COLUMNS[1]]}", fontsize=8)
+            with Image.open(out_dir / "masks" / name) as img:
+                mask = np.asarray(img)
+            if classes is not None:
+                ax.imshow(_tint(mask, len(classes)), interpolation="nearest")
+            for value, colour in outlines:
+                if (mask == value).any():
+                    ax.contour(
+                        (mask == value).astype(float), levels=[0.5], colors=colour, linewidths=1.0
+                    )
+            ax.set_title(
+                f"{Path(name).stem}\n{str(row[label]).replace(TAG_SEPARATOR, ', ')}", fontsize=8
+            )
+        if classes is not None:
+            handles = [
+                Patch(facecolor=c, edgecolor="black", label=k)
+                for k, c in zip(classes, CLASS_COLOURS, strict=False)
+            ]
+            fig.legend(
+                handles=handles,
+                loc="outside lower center",
+                ncols=len(classes),
+                fontsize=8,
+                frameon=False,
+            )

@@ -24,7 +24,7 @@ from histo_wsss.dataset import (
     manifest_keys,
     wildcard_problem,
 )
-from histo_wsss.demo import demo_names
+from histo_wsss.demo import DEMO_KEYS, demo_names, demo_spec
 from histo_wsss.io import unwritable_folders
 from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
@@ -42,6 +42,8 @@ MIN_CLASS_IMAGES_NEEDED = (
     0 if TRAIN_ON_PATCHES and config["patches"]["tags"] == "mask" else MIN_CLASS_IMAGES
 )
 DEMO_DIR = f"{RESULTS}/demo"
+# mhist: MHIST's binary labels CSV; tags: a multi-label `Tags` column and class-index masks
+LABELS_FORMAT = config["dataset"].get("format", "mhist")
 
 # Paths in the config, which become inputs or outputs of jobs.
 PATH_KEYS = (
@@ -92,6 +94,28 @@ def dataset_paths():
             f"dataset.source is 'folder' but dataset.{missing[0]} is not set"
         )
     return ds["images"], ds["labels"], ds.get("masks")
+
+
+def demo_params():
+    """What the demo generator reads: the `demo` keys of the labels format (DEMO_KEYS) and, for
+    the multi-class demo, the format and the ignore index; no other key reruns it. A demo that
+    cannot be drawn (e.g. a class without a texture) fails here, at DAG build."""
+    params = {key: config["demo"][key] for key in DEMO_KEYS[LABELS_FORMAT]}
+    if LABELS_FORMAT == "tags":
+        params |= {
+            "format": "tags",
+            "ignore_index": config["dataset"]["ignore_index"],
+        }
+    if DEMO:
+        try:
+            demo_spec(
+                params,
+                config["dataset"]["classes"],
+                config["dataset"].get("positive_class"),
+            )
+        except ValueError as err:
+            raise WorkflowError(f"demo: {err}") from None
+    return params
 
 
 def dataset_config():

@@ -16,7 +16,7 @@ rule demo_dataset:
     resources:
         mem_mb=1000,
     params:
-        demo=config["demo"],
+        demo=demo_params(),
         classes=config["dataset"]["classes"],
         positive_class=config["dataset"]["positive_class"],
     script:
@@ -41,6 +41,9 @@ rule demo_contact_sheet:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        # the multi-class demo's classes, one colour each; None: the binary demo
+        classes=config["dataset"]["classes"] if LABELS_FORMAT == "tags" else None,
     script:
         "../scripts/demo_contact_sheet.py"
 

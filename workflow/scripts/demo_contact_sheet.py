@@ -6,4 +6,6 @@ from histo_wsss.demo import contact_sheet
 from histo_wsss.logs import job_log
 
 with job_log(snakemake.log[0]):
-    contact_sheet(Path(snakemake.input.labels).parent, snakemake.output[0])
+    contact_sheet(
+        Path(snakemake.input.labels).parent, snakemake.output[0], classes=snakemake.params.classes
+    )

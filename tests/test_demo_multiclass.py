@@ -1,0 +1,217 @@
+"""Tests of the multi-class, multi-label synthetic demo (24 images of 128 px, all four classes)."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+import histo_wsss.demo as demo
+from histo_wsss.demo import TEXTURES, DemoSpec, contact_sheet, demo_spec, generate, render
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("tumor", "stroma", "lymphocytes", "necrosis")
+SPEC = DemoSpec(n_images=24, size=128, seed=5, test_fraction=0.25, tissues=CLASSES)
+IGNORE = SPEC.ignore_index
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    return -np.log((rgb.astype(np.float32) + 1) / 256)
+
+
+def inner(region: np.ndarray, px: int) -> np.ndarray:
+    """``region`` without its ``px``-wide rim."""
+    kernel = np.ones((2 * px + 1, 2 * px + 1), np.uint8)
+    return cv2.erode(region.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE) > 0
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_multiclass")
+    table = generate(SPEC, out)
+    images, masks = [], []
+    for name in table["Image Name"]:
+        with Image.open(out / "images" / name) as img:
+            assert img.mode == "RGB"
+            images.append(np.asarray(img))
+        with Image.open(out / "masks" / name) as img:
+            assert img.mode == "L"  # one byte per pixel
+            masks.append(np.asarray(img))
+    return out, table, images, masks
+
+
+def test_labels_table(dataset):
+    out, table, *_ = dataset
+    assert (out / "labels.csv").read_text().splitlines()[0] == "Image Name,Tags,Partition"
+    pd.testing.assert_frame_equal(pd.read_csv(out / "labels.csv"), table)
+    tags = table["Tags"].str.split(";")
+    for image_tags in tags:
+        assert image_tags and set(image_tags) <= set(CLASSES)
+        assert image_tags == sorted(image_tags, key=CLASSES.index)  # in dataset.classes order
+    n_tags = tags.str.len()
+    assert n_tags.min() == 1 and n_tags.max() == 3 and (n_tags >= 2).mean() > 0.5
+    assert {c for t in tags for c in t} == set(CLASSES)
+    assert (table["Partition"] == "test").sum() == pytest.approx(24 * 0.25, abs=3)
+    assert set(table["Partition"]) == {"train", "test"}
+
+
+def test_tags_are_the_classes_of_the_mask(dataset):
+    _, table, _, masks = dataset
+    for tags, mask in zip(table["Tags"], masks, strict=True):
+        assert mask.shape == (128, 128) and mask.dtype == np.uint8
+        values = set(np.unique(mask).tolist())
+        assert values <= set(range(len(CLASSES))) | {IGNORE}
+        present = [c for i, c in enumerate(CLASSES) if i in values]
+        assert tags.split(";") == present
+        for i in values - {IGNORE}:
+            assert (mask == i).mean() >= SPEC.min_share
+
+
+def test_small_classes_are_merged():
+    """With a larger min_share a class region under it goes to the image's largest class; the
+    rest of the layout is the same (merging draws no random numbers)."""
+    merged = DemoSpec(n_images=24, size=128, seed=5, tissues=CLASSES, min_share=0.2)
+    n_merged = 0
+    for index in range(12):
+        _, before = render(SPEC, index)
+        _, after = render(merged, index)
+        assert np.array_equal(before == IGNORE, after == IGNORE)
+        shares = np.bincount(before[before != IGNORE], minlength=len(CLASSES)) / before.size
+        small = np.flatnonzero((shares > 0) & (shares < 0.2))
+        for c in range(len(CLASSES)):
+            if c in small:
+                assert not (after == c).any()
+                n_merged += 1
+            elif len(small) == 0:
+                assert np.array_equal(before == c, after == c)
+        kept = set(np.unique(after).tolist()) - {IGNORE}
+        assert all((after == c).mean() >= 0.2 for c in kept)
+    assert n_merged > 0
+
+
+def test_ignore_index_only_on_white_background(dataset):
+    _, _, images, masks = dataset
+    with_background = 0
+    for rgb, mask in zip(images, masks, strict=True):
+        darkest = rgb.min(axis=2)
+        background, tissue = mask == IGNORE, mask != IGNORE
+        assert tissue.mean() > 0.5
+        if background.any():
+            with_background += 1
+            # 2 px from the tissue edge (blurred by the optics) the background is glass
+            assert darkest[inner(background, 2)].min() > 215
+        assert (darkest[inner(tissue, 2)] > 215).mean() < 0.2  # tissue is stained
+    assert 0 < with_background < len(masks)  # some borders white, some images all tissue
+
+
+def texture_statistics(rgb: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """Haematoxylin density (mean red-channel optical density) and granularity (energy of the
+    red-channel OD at the finest scale over the next one: small nuclei and debris are fine)."""
+    od = optical_density(rgb)[..., 0]
+    blurred = [cv2.GaussianBlur(od, (0, 0), s) for s in (1, 2, 4)]
+    fine, coarse = (blurred[0] - blurred[1]) ** 2, (blurred[1] - blurred[2]) ** 2
+    return {
+        "density": od[region].mean(),
+        "granularity": fine[region].mean() / coarse[region].mean(),
+    }
+
+
+# For each pair of classes, a statistic that is larger for the first in every image holding both
+# (within an image, so the per-image staining cannot blur the difference).
+ORDER = {
+    ("tumor", "stroma"): "density",
+    ("tumor", "necrosis"): "density",
+    ("lymphocytes", "tumor"): "granularity",
+    ("lymphocytes", "stroma"): "density",
+    ("lymphocytes", "necrosis"): "density",
+    ("necrosis", "stroma"): "granularity",
+}
+
+
+def test_textures_are_distinguishable(dataset):
+    _, _, images, masks = dataset
+    pairs = dict.fromkeys(ORDER, 0)
+    for rgb, mask in zip(images, masks, strict=True):
+        stats = {}
+        for i, name in enumerate(CLASSES):
+            region = inner(mask == i, 3)
+            if region.sum() >= 200:
+                stats[name] = texture_statistics(rgb, region)
+        for (a, b), key in ORDER.items():
+            if a in stats and b in stats:
+                assert stats[a][key] > stats[b][key], (a, b, key, stats)
+                pairs[(a, b)] += 1
+    assert all(pairs.values()), pairs  # every pair met in some image
+
+
+def test_deterministic(dataset, tmp_path):
+    out, *_ = dataset
+    generate(SPEC, tmp_path)
+    files = [str(p.relative_to(out)) for p in sorted(out.rglob("*")) if p.is_file()]
+    match, mismatch, errors = filecmp.cmpfiles(out, tmp_path, files, shallow=False)
+    assert len(match) == 49 and not mismatch and not errors
+    other = DemoSpec(n_images=24, size=128, seed=6, tissues=CLASSES)
+    assert not np.array_equal(render(other, 0)[0], render(SPEC, 0)[0])
+    assert demo._assign(other)["present"].tolist() != demo._assign(SPEC)["present"].tolist()
+
+
+def test_plan_follows_classes_per_image():
+    spec = DemoSpec(n_images=400, size=64, tissues=CLASSES[:3], classes_per_image=(0.5, 0.5))
+    counts = demo._assign(spec)["present"].str.len().value_counts(normalize=True)
+    assert set(counts.index) == {1, 2} and counts[1] == pytest.approx(0.5, abs=0.08)
+    # the test partition is stratified by tag combination
+    plan = demo._assign(SPEC)
+    per_combination = plan.groupby(plan["present"].map(frozenset))["test"].agg(["size", "sum"])
+    assert (per_combination["sum"] == (per_combination["size"] * 0.25).round()).all()
+
+
+def test_spec_is_validated():
+    for bad in (
+        {"tissues": ("tumor", "mucosa")},  # not a texture
+        {"tissues": ("tumor", "tumor")},
+        {"tissues": ("tumor",)},
+        {"tissues": CLASSES[:2], "classes_per_image": (0.5, 0.3, 0.2)},  # 3 of 2 classes
+        {"tissues": CLASSES, "classes_per_image": (0.5, 0.2)},  # not summing to 1
+        {"tissues": CLASSES, "ignore_index": 3},  # a class index
+        {"tissues": CLASSES, "min_share": 0.5},
+    ):
+        with pytest.raises(ValueError):
+            DemoSpec(**bad)
+    with pytest.raises(ValueError, match="'mucosa' is none of them"):
+        DemoSpec(tissues=("tumor", "mucosa"))
+
+
+def test_spec_from_config():
+    binary = {"n_images": 10, "size": 64, "seed": 1, "positive_fraction": 0.3, "test_fraction": 0.1}
+    assert demo_spec(binary, ["HP", "SSA"], "SSA") == DemoSpec(
+        **binary, negative_class="HP", positive_class="SSA"
+    )
+    assert demo_spec(binary, ["SSA", "HP"], "SSA").negative_class == "HP"
+    preset = yaml.safe_load((REPO / "config" / "demo_multiclass.yaml").read_text())
+    dataset = preset["dataset"]
+    assert dataset["format"] == "tags" and len(dataset["classes"]) >= 3
+    params = {k: preset["demo"][k] for k in demo.DEMO_KEYS["tags"]}
+    params |= {"format": "tags", "ignore_index": dataset["ignore_index"]}
+    spec = demo_spec(params, dataset["classes"], "lesion")
+    assert spec.multiclass and spec.classes == tuple(dataset["classes"])
+    assert set(spec.classes) <= set(TEXTURES) and spec.ignore_index == dataset["ignore_index"]
+
+
+def test_contact_sheet(dataset, tmp_path):
+    out, *_ = dataset
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    contact_sheet(out, first, n=4, classes=CLASSES)
+    contact_sheet(out, second, n=4, classes=CLASSES)
+    data = first.read_bytes()
+    assert data == second.read_bytes() and data.startswith(b"\x89PNG")
+    with Image.open(first) as img:
+        sheet = np.asarray(img.convert("RGB")).reshape(-1, 3)
+    for colour in demo.CLASS_COLOURS[: len(CLASSES)]:  # each class's legend patch is drawn
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(sheet.astype(int) - rgb).max(axis=1) <= 2).sum() > 50, colour
