@@ -203,10 +203,10 @@ def test_targets_are_written_at_the_working_scale_and_a_test_image_is_refused(tm
     images = tmp_path / "images"
     images.mkdir()
     for name in ("a", "b"):
-        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(images / f"{name}.png")
+        Image.fromarray(np.zeros((20, 32, 3), np.uint8)).save(images / f"{name}.png")
     folder = tmp_path / "corrections"
     folder.mkdir()
-    _write(folder / "a.geojson", [_square(0, 0, 15, 20)])
+    _write(folder / "a.geojson", [_square(0, 0, 16, 20)])
     split = pd.DataFrame({"name": ["a", "b"], "split": ["train", "test"]})
     paths = {n: str(images / f"{n}.png") for n in ("a", "b")}
     table = list_corrections(folder, paths)
@@ -215,8 +215,8 @@ def test_targets_are_written_at_the_working_scale_and_a_test_image_is_refused(tm
     assert made[["name", "split", "weight", "area_fraction"]].values.tolist() == [
         ["a", "train", 3, 0.5]
     ]
-    assert read_mask(out / "masks" / "a.png").shape == (10, 15)
-    write_png(folder / "b.png", np.ones((20, 30), bool))
+    assert read_mask(out / "masks" / "a.png").shape == (10, 16)
+    write_png(folder / "b.png", np.ones((20, 32), bool))
     with pytest.raises(CorrectionError, match="b.png: b is a test image"):
         make_targets(list_corrections(folder, paths), paths, split, GLAND, 0.5, 1, out, None)
 
