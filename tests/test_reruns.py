@@ -105,10 +105,10 @@ def test_a_correction_reruns_only_the_segmentation_and_after(tiny_run):
         correction.write_text(exported.read_text()[:50])  # half-written
         result = snakemake(tiny_run, "-n", config=config, check=False)
         assert result.returncode != 0
-        assert f"corrections/{name}.geojson: cannot read GeoJSON" in result.stderr
+        assert f"corrections/{name}.geojson: cannot read GeoJSON" in result.stdout + result.stderr
         correction.rename(folder / "unknown.png")
         result = snakemake(tiny_run, "-n", config=config, check=False)
-        assert "no image of the dataset is named 'unknown'" in result.stderr
+        assert "no image of the dataset is named 'unknown'" in result.stdout + result.stderr
     finally:
         shutil.rmtree(folder)
     assert planned_jobs(tiny_run) == {}
