@@ -245,6 +245,7 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
         "classifier_learning_curve": 1,
         "cams": TINY["cam"]["shards"],
         "cam_summary": 1,
+        "corrections": 1,  # it reads the split (no correction of a test image)
         **PSEUDO_MASKS_AND_AFTER,
     }
     assert jobs == retrained
