@@ -36,6 +36,8 @@ SEGMENTATION_AND_AFTER = {
     "figure_examples": 3,
     "figure_learning_curves": 1,
     "metrics_table": 1,
+    "qupath_export": TINY["pseudo_masks"]["shards"],
+    "review_queue": 1,
     "all": 1,
 }
 PSEUDO_MASKS_AND_AFTER = {
@@ -82,6 +84,34 @@ def test_a_cam_parameter_keeps_the_classifier(tiny_run):
     config = _with("cam", noise_sigma=0.2)
     cams = {"cams": TINY["cam"]["shards"], "cam_summary": 1}
     assert planned_jobs(tiny_run, config) == {**cams, **PSEUDO_MASKS_AND_AFTER}
+
+
+def test_a_correction_reruns_only_the_segmentation_and_after(tiny_run):
+    """A QuPath GeoJSON dropped into the corrections folder (here the exported prediction of
+    a train image); not the classifier, CAMs or pseudo-masks. An empty folder is no correction;
+    a half-written file and one named after no image stop the plan, naming the file."""
+    folder = tiny_run / "corrections"
+    folder.mkdir()
+    config = {**TINY, "corrections": {"folder": "corrections"}}
+    split = pd.read_csv(tiny_run / "results" / "split" / "split.csv")
+    name = split.loc[split["split"] == "train", "name"].iloc[0]
+    shard = shard_of(name, TINY["pseudo_masks"]["shards"])
+    exported = tiny_run / f"results/qupath/shards/{shard}/predictions/{name}.geojson"
+    correction = folder / f"{name}.geojson"
+    try:
+        assert planned_jobs(tiny_run, config) == {}
+        shutil.copy(exported, correction)
+        assert planned_jobs(tiny_run, config) == {"corrections": 1, **SEGMENTATION_AND_AFTER}
+        correction.write_text(exported.read_text()[:50])  # half-written
+        result = snakemake(tiny_run, "-n", config=config, check=False)
+        assert result.returncode != 0
+        assert f"corrections/{name}.geojson: cannot read GeoJSON" in result.stdout + result.stderr
+        correction.rename(folder / "unknown.png")
+        result = snakemake(tiny_run, "-n", config=config, check=False)
+        assert "no image of the dataset is named 'unknown'" in result.stdout + result.stderr
+    finally:
+        shutil.rmtree(folder)
+    assert planned_jobs(tiny_run) == {}
 
 
 def test_nothing_changed_plans_nothing(tiny_run):
@@ -215,6 +245,7 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
         "classifier_learning_curve": 1,
         "cams": TINY["cam"]["shards"],
         "cam_summary": 1,
+        "corrections": 1,  # it reads the split (no correction of a test image)
         **PSEUDO_MASKS_AND_AFTER,
     }
     assert jobs == retrained

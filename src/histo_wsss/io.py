@@ -141,6 +141,11 @@ def read_mask(path: str | os.PathLike, scale: float = 1.0) -> np.ndarray:
             mask = np.asarray(img.convert("L")) > 0
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read mask ({err})") from err
+    return scale_mask(mask, scale)
+
+
+def scale_mask(mask: np.ndarray, scale: float) -> np.ndarray:
+    """A boolean mask resized by ``scale`` as :func:`read_mask` resizes one it reads."""
     if scale == 1:
         return mask
     return np.asarray(_resized(Image.fromarray(mask.astype(np.uint8) * 255), scale)) > 127

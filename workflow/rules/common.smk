@@ -1,6 +1,7 @@
 """The sample table and input functions shared by every rule."""
 
 import sys
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 
@@ -14,6 +15,13 @@ from histo_wsss import checkout
 
 checkout.pin(SRC)
 
+from histo_wsss.corrections import (
+    CorrectionError,
+    checked_keys,
+    image_size,
+    list_corrections,
+    read_correction,
+)
 from histo_wsss.dataset import (
     MIN_CLASS_IMAGES,
     DatasetError,
@@ -26,6 +34,7 @@ from histo_wsss.dataset import (
 )
 from histo_wsss.demo import DEMO_KEYS, demo_names, demo_spec
 from histo_wsss.io import unwritable_folders
+from histo_wsss.qupath import binary_labels
 from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
 from histo_wsss.weights import PRETRAINED
@@ -191,7 +200,7 @@ GPU_JOB_THREADS = max(1, workflow.cores // _gpu_slots())
 
 
 # Stages sharded like the normalization (same images per shard, one job per stain shard).
-SHARDED_LIKE = {"truth": "stain", "patches": "stain"}
+SHARDED_LIKE = {"truth": "stain", "patches": "stain", "qupath": "pseudo_masks"}
 
 
 def _shard_count(stage):
@@ -507,6 +516,36 @@ def segmentation_target_masks():
     return truth_masks()
 
 
+# The classes drawn in QuPath and read back from corrections: the binary masks draw the positive
+# class (value 255); the other class is the unannotated rest.
+MASK_LABELS = binary_labels(
+    config["dataset"]["classes"],
+    config["dataset"]["positive_class"],
+    config["qupath"]["colors"],
+)
+CORRECTION_TARGETS = f"{RESULTS}/corrections/targets"
+
+
+def _corrections():
+    """The files of `corrections.folder` (name, file, size, time), each checked in full here
+    unless the last corrections job checked it at its current size and time (or its image is
+    the demo's, not made yet: the job checks it then)."""
+    try:
+        table = list_corrections(config["corrections"]["folder"], SAMPLE_IMAGES)
+        checked = checked_keys(CORRECTION_TARGETS)
+        for row in table.itertuples(index=False):
+            image = SAMPLE_IMAGES[row.name]
+            key = (row.file, str(row.file_bytes), str(row.file_mtime_ns))
+            if key not in checked and Path(image).is_file():
+                read_correction(row.file, image_size(image), MASK_LABELS)
+    except CorrectionError as err:
+        raise WorkflowError(f"invalid correction: {err}") from None
+    return table
+
+
+CORRECTIONS = _corrections()
+
+
 def new_images():
     """Images of the `predict.images` folder (new patches to segment), sorted."""
     folder = config["predict"]["images"]
@@ -540,6 +579,9 @@ def final_outputs():
             f"{RESULTS}/figures/{kind}.png"
             for kind in ("segmentation_examples", "error_maps", "uncertainty_maps")
         ),
+        *shard_dirs("qupath"),
+        f"{RESULTS}/review/queue.csv",
+        f"{RESULTS}/review/contact_sheet.png",
     ]
     if config["predict"]["images"]:
         outputs.append(f"{RESULTS}/predict/new")

@@ -7,6 +7,7 @@ rule train_segmentation:
         split=f"{RESULTS}/split/split.csv",
         stain=shard_dirs("stain"),
         targets=segmentation_target_inputs(),
+        corrections=CORRECTION_TARGETS,
         weights=segmentation_weights(),
     output:
         model=f"{RESULTS}/segmentation/model.pt",

@@ -12,6 +12,7 @@ with job_log(snakemake.log[0]) as log:
     p = snakemake.params
     predictions = Path(snakemake.input.predictions)
     rows = pd.read_csv(predictions / "predictions.csv", dtype={"name": str})
+    rows = rows[rows["split"].isin(["val", "test"])]  # the train images serve the review queue
     rows["prob_path"] = [str(predictions / "probs" / f"{n}.npy") for n in rows["name"]]
     rows["pseudo_path"] = [p.pseudo[n] for n in rows["name"]]
     rows["truth_path"] = [p.masks.get(n, "") for n in rows["name"]]

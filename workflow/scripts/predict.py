@@ -1,4 +1,5 @@
-"""Probability maps, binary masks and head probabilities for the val and test images."""
+"""Probability maps, binary masks and head probabilities for every image (the evaluation
+scores the val and test images; the review queue ranks the train images)."""
 
 import torch
 
@@ -16,7 +17,6 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
     device = resolve_device(p.device)
     model = load_checkpoint(snakemake.input.model, device)
     split = read_split(snakemake.input.split, [p.positive_class])
-    split = split[split["split"].isin(["val", "test"])]
     with atomic_dir(snakemake.output[0]) as out:
         rows = split[["name", "split", "positive"]].rename(columns={"positive": "label"})
         table = save_predictions(model, rows, p.images, out, p.batch_size, device, p.threshold)

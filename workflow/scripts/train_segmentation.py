@@ -1,7 +1,13 @@
-"""Train the segmentation network on the pseudo-masks of the train split; select on val."""
+"""Train the segmentation network on the pseudo-masks of the train split (a user's correction
+in place of an image's pseudo-mask, a corrected train image listed `weight` times); select on
+val."""
 
+from pathlib import Path
+
+import pandas as pd
 import torch
 
+from histo_wsss.corrections import TABLE
 from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.logs import job_log
 from histo_wsss.segmentation import train
@@ -11,13 +17,24 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
     torch.set_num_threads(snakemake.threads)
     p = snakemake.params
     split = read_split(snakemake.input.split, [p.positive_class])
+    corrections = Path(snakemake.input.corrections)
+    corrected = pd.read_csv(corrections / TABLE, dtype={"name": str})
+    weight = dict(zip(corrected["name"], corrected["weight"], strict=True))
+    masks = {**p.masks, **{n: str(corrections / "masks" / f"{n}.png") for n in weight}}
     items = {
         part: [
-            (p.images[n], p.masks[n], y)
+            (p.images[n], masks[n], y)
             for n, y in zip(rows["name"], rows["positive"], strict=True)
+            for _ in range(weight.get(n, 1) if part == "train" else 1)
         ]
         for part, rows in split.groupby("split")
     }
+    if weight:
+        log.info(
+            "%d corrected image(s) replace their pseudo-masks (%s)",
+            len(weight),
+            ", ".join(f"{n} x{w}" for n, w in weight.items()),
+        )
     train(
         items["train"],
         items["val"],

@@ -1,0 +1,30 @@
+"""One shard's pseudo-masks and predicted masks as QuPath GeoJSON, at full resolution."""
+
+from pathlib import Path
+
+from histo_wsss.corrections import image_size
+from histo_wsss.io import atomic_dir, read_mask
+from histo_wsss.logs import job_log
+from histo_wsss.qupath import Label, mask_features, write_geojson
+
+with job_log(snakemake.log[0]) as log:
+    p = snakemake.params
+    labels = [Label(**label) for label in p.labels]
+    sources = {
+        "pseudo_masks": Path(snakemake.input.pseudo) / "masks",
+        "predictions": Path(snakemake.input.predictions) / "masks",
+    }
+    counts = dict.fromkeys(sources, 0)
+    with atomic_dir(snakemake.output[0]) as out:
+        for name, original in zip(p.names, p.originals, strict=True):
+            size = image_size(original)
+            for kind, folder in sources.items():
+                # binary masks: foreground 255, the positive class's label value
+                mask = read_mask(folder / f"{name}.png").astype("uint8") * 255
+                features = mask_features(mask, labels, size, p.tolerance)
+                write_geojson(out / kind / f"{name}.geojson", features)
+                counts[kind] += len(features)
+    log.info(
+        "%d images: %d pseudo-mask and %d prediction annotations",
+        len(p.names), counts["pseudo_masks"], counts["predictions"],
+    )  # fmt: skip
