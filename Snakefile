@@ -24,6 +24,7 @@ include: "workflow/rules/cam.smk"
 include: "workflow/rules/pseudo_masks.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

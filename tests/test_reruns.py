@@ -36,6 +36,7 @@ SEGMENTATION_AND_AFTER = {
     "figure_examples": 3,
     "figure_learning_curves": 1,
     "metrics_table": 1,
+    "report_tables": 1,
     "all": 1,
 }
 PSEUDO_MASKS_AND_AFTER = {

@@ -483,6 +483,7 @@ def final_outputs():
         f"{RESULTS}/pseudo_masks/quality_summary.csv",
         f"{RESULTS}/segmentation/evaluation.json",
         f"{RESULTS}/segmentation/metrics_table.csv",
+        *rules.report_tables.output,
         f"{RESULTS}/figures/learning_curves.png",
         *(
             f"{RESULTS}/figures/{kind}.png"

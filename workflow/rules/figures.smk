@@ -13,6 +13,7 @@ rule figure_examples:
             f"{RESULTS}/figures/{{kind}}.png",
             caption="../report/example_figures.rst",
             category="Segmentation",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/figures/{{kind}}.log",
@@ -42,6 +43,7 @@ rule figure_learning_curves:
             f"{RESULTS}/figures/learning_curves.png",
             caption="../report/learning_curves.rst",
             category="Segmentation",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/figures/learning_curves.log",
@@ -58,15 +60,12 @@ rule metrics_table:
     input:
         f"{RESULTS}/segmentation/evaluation.json",
     output:
-        table=report(
-            f"{RESULTS}/segmentation/metrics_table.csv",
-            caption="../report/metrics_table.rst",
-            category="Segmentation",
-        ),
+        table=f"{RESULTS}/segmentation/metrics_table.csv",
         figure=report(
             f"{RESULTS}/figures/metrics_table.png",
             caption="../report/metrics_table.rst",
             category="Segmentation",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/figures/metrics_table.log",
