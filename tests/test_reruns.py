@@ -85,6 +85,11 @@ def test_a_cam_parameter_keeps_the_classifier(tiny_run):
     assert planned_jobs(tiny_run, config) == {**cams, **PSEUDO_MASKS_AND_AFTER}
 
 
+def test_a_figure_parameter_reruns_only_its_figures(tiny_run):
+    config = _with("predict", figure_examples=2)
+    assert planned_jobs(tiny_run, config) == {"figure_examples": 3, "all": 1}
+
+
 def test_nothing_changed_plans_nothing(tiny_run):
     assert planned_jobs(tiny_run) == {}
     assert not (tiny_run / "results" / "pretrain").exists()  # no key says `pretrained`

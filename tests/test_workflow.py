@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from report_html import html_tables, report_items
+from report_html import html_tables, info_panel_bytes, report_items
 from workflow_runner import REPO, TINY, snakemake
 
 from histo_wsss.io import read_mask, read_rgb
@@ -157,13 +157,14 @@ REPORT_FIGURES = {
 }
 
 
-def test_the_report_shows_every_table_and_figure_captioned(run, report):
+def test_the_report_shows_every_table_and_figure_captioned_with_a_short_info_panel(run, report):
     shown = {(Path(p).stem, item["mime_type"]) for p, item in report.items()}
     assert shown == {(t, "text/html") for t in REPORT_TABLES} | {
         (f, "image/png") for f in REPORT_FIGURES
     }  # nothing that only downloads
     for path, item in report.items():
         assert item["caption"].strip(), path
+        assert info_panel_bytes(item) < 2048, (path, item["job_properties"]["params"][:300])
         if item["mime_type"] != "text/html":
             continue
         source = run / "results" / REPORT_TABLES[Path(path).stem]

@@ -26,7 +26,6 @@ from histo_wsss.dataset import (
 )
 from histo_wsss.demo import demo_names
 from histo_wsss.io import unwritable_folders
-from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
 from histo_wsss.weights import PRETRAINED
 from histo_wsss.weights import local_file as local_weights_file

@@ -25,9 +25,6 @@ rule figure_examples:
     resources:
         mem_mb=2000,
     params:
-        images=sample_files("stain", "images"),
-        pseudo=sample_files("pseudo_masks", "masks"),
-        masks=truth_masks(),
         n_examples=config["predict"]["figure_examples"],
         threshold=config["segmentation"]["threshold"],
     script:

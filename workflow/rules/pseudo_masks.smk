@@ -70,14 +70,7 @@ rule pseudo_mask_figure:
     resources:
         mem_mb=2000,
     params:
-        images=sample_files("stain", "images"),
-        cams=sample_files("cam", "cams", ".npy"),
-        steps={
-            step: sample_files("pseudo_masks", f"steps/{step}")
-            for step in REFINE_STEPS
-        },
         final_step=config["pseudo_masks"]["final_step"],
-        masks=truth_masks(),
         n_images=6,
     script:
         "../scripts/pseudo_mask_figure.py"

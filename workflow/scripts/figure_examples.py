@@ -6,6 +6,7 @@ import pandas as pd
 
 from histo_wsss import figures
 from histo_wsss.logs import job_log
+from histo_wsss.shards import shard_files
 
 DRAW = {
     "segmentation_examples": figures.segmentation_panels,
@@ -15,6 +16,9 @@ DRAW = {
 
 with job_log(snakemake.log[0]):
     p = snakemake.params
+    images = shard_files(snakemake.input.stain, "images")
+    pseudo = shard_files(snakemake.input.pseudo, "masks")
+    masks = shard_files(snakemake.input.truth, "masks")
     kind = snakemake.wildcards.kind
     table = pd.read_csv(snakemake.input.table, dtype={"name": str})
     positives = table[(table["label"] == 1) & (table["split"] == "test")]
@@ -26,13 +30,11 @@ with job_log(snakemake.log[0]):
     )
     probs = Path(snakemake.input.predictions) / "probs"
     examples = [
-        figures.load_example(
-            p.images[n], probs / f"{n}.npy", p.pseudo[n], p.masks.get(n, ""), name=n
-        )
+        figures.load_example(images[n], probs / f"{n}.npy", pseudo[n], masks.get(n, ""), name=n)
         for n in names
     ]
     if kind == "error_maps":
-        reference = "truth" if p.masks else "pseudo"
+        reference = "truth" if masks else "pseudo"
         for ex in examples:
             ex["pred"] = ex["prob"] >= p.threshold
             ex["reference"] = ex[reference]
