@@ -57,3 +57,16 @@ def info_panel_bytes(item: dict) -> int:
     """Size of an item's info panel: its caption, rule, wildcards and job parameters."""
     job = item["job_properties"]
     return len((item["caption"] + job["rule"] + job["wildcards"] + job["params"]).encode())
+
+
+def render_caption(name: str, params: dict | None = None, config: dict | None = None) -> str:
+    """The report caption ``workflow/report/<name>.rst`` as Snakemake renders its Jinja template
+    for a job with ``params`` and ``config`` (the reStructuredText, before it becomes HTML)."""
+    from types import SimpleNamespace
+
+    from jinja2 import Environment, StrictUndefined
+
+    text = (Path(__file__).parents[1] / "workflow" / "report" / f"{name}.rst").read_text()
+    env = Environment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
+    snakemake = SimpleNamespace(params=SimpleNamespace(**(params or {})), config=config or {})
+    return env.from_string(text).render(snakemake=snakemake)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from report_html import html_tables, info_panel_bytes, report_items
 from workflow_runner import REPO, TINY, snakemake
@@ -175,6 +176,13 @@ def test_the_report_shows_every_table_and_figure_captioned_with_a_short_info_pan
         else:
             splits = [s for s in ("train", "val", "test") if f'"{s}":' in source.read_text()]
             assert rows[0] == ["metric", *splits] and len(rows) > 2, path
+
+
+def test_the_pseudo_mask_steps_caption_names_the_configured_final_step(report):
+    final = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["pseudo_masks"]
+    final = TINY.get("pseudo_masks", {}).get("final_step", final["final_step"])
+    [caption] = [i["caption"] for p, i in report.items() if p.endswith("pseudo_mask_steps.png")]
+    assert f"the mask after <strong>{final}</strong>" in caption
 
 
 def test_the_segmentation_checkpoint_holds_no_path_of_the_run_folder(run):
