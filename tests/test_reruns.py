@@ -214,6 +214,7 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
     assert jobs.pop("predict_new") == 1
     retrained = {
         "stain_qc": 1,
+        "figure_stain_normalization": 1,
         "dataset_manifest": 1,
         "split": 1,
         "train_classifier": 1,

@@ -148,6 +148,7 @@ REPORT_TABLES = {
 }
 REPORT_FIGURES = {
     "contact_sheet",
+    "stain_normalization",
     "classifier_learning_curve",
     "pseudo_mask_steps",
     "segmentation_examples",

@@ -472,10 +472,18 @@ def new_images():
     return folder_images("predict.images", folder) if folder else []
 
 
+def stain_sheet_images(n=6):
+    """`{name: original image}` of `n` samples spread evenly over the sorted names: the rows
+    of the stain-normalization figure (a few paths, which its info panel lists)."""
+    picks = sorted({round(i * (len(SAMPLES) - 1) / max(n - 1, 1)) for i in range(n)})
+    return {SAMPLES[i]: SAMPLE_IMAGES[SAMPLES[i]] for i in picks}
+
+
 def final_outputs():
     outputs = [
         f"{RESULTS}/split/split.csv",
         f"{RESULTS}/stain/qc.csv",
+        f"{RESULTS}/figures/stain_normalization.png",
         f"{RESULTS}/classifier/evaluation.json",
         f"{RESULTS}/figures/classifier_learning_curve.png",
         f"{RESULTS}/cam/summary.json",

@@ -1,4 +1,5 @@
-"""Figures of the paper's section 3, each its own job, from saved results only."""
+"""Figures of the paper's section 3 and of stain normalization, each its own job, from saved
+results only."""
 
 
 rule figure_examples:
@@ -73,3 +74,29 @@ rule metrics_table:
         mem_mb=1000,
     script:
         "../scripts/metrics_table.py"
+
+
+rule figure_stain_normalization:
+    input:
+        qc=f"{RESULTS}/stain/qc.csv",
+        stain=shard_dirs("stain"),
+        originals=dataset_inputs()["images"],
+    output:
+        report(
+            f"{RESULTS}/figures/stain_normalization.png",
+            caption="../report/stain_normalization.rst",
+            category="Data",
+            subcategory="Figures",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/stain_normalization.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        originals=stain_sheet_images(),
+        scale=config["stain"]["scale"],
+    script:
+        "../scripts/figure_stain.py"

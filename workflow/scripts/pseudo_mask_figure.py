@@ -12,7 +12,8 @@ with job_log(snakemake.log[0]):
     pseudo = snakemake.input.pseudo
     table = pd.read_csv(snakemake.input.quality)
     table = table[table["positive"] == 1]
-    score = f"{p.final_step}_iou" if f"{p.final_step}_iou" in table else f"{p.final_step}_area"
+    iou = f"{p.final_step}_iou"
+    score = iou if iou in table else f"{p.final_step}_area"
     names = pick_examples(dict(zip(table["name"], table[score], strict=True)), p.n_images)
     pseudo_mask_steps(
         names,
@@ -22,4 +23,5 @@ with job_log(snakemake.log[0]):
         p.final_step,
         shard_files(snakemake.input.truth, "masks"),
         snakemake.output[0],
+        ious=dict(zip(table["name"], table[iou], strict=True)) if iou in table else None,
     )
