@@ -25,6 +25,7 @@ include: "workflow/rules/pseudo_masks.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/review.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

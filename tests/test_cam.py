@@ -356,3 +356,18 @@ def test_save_cams_writes_float16_maps_at_each_images_size(tmp_path):
     )
     with pytest.raises(ValueError, match="unknown ResNet stage 'fc'"):
         save_cams(model, items[2:], tmp_path / "fc", {**cfg, "layers": ["fc"]}, "cpu")
+
+
+def test_the_cam_is_constant_across_each_border_strip_of_half_a_feature_cell(resnet):
+    """Why the thresholded masks have straight-edged notches at the image border
+    (docs/pseudo_masks.md): the map is upsampled from the layer's grid with pixel centres
+    aligned (pytorch-grad-cam's cv2.resize), so within half a cell of the border (16 px for
+    layer4's 32-px cells) it repeats the edge row or column; a threshold contour crosses that
+    strip as a straight segment at right angles to the border."""
+    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(3))
+    cam = compute_cams(resnet, resnet_target_layer(resnet), x, [1], method="gradcam")[0]
+    half = 16
+    for strip in (cam[:half], cam[-half:][::-1], cam[:, :half].T, cam[:, -half:][:, ::-1].T):
+        assert (strip == strip[0]).all()  # every row of the strip equals the edge's
+    assert not np.array_equal(cam[half], cam[half - 1])  # inside, the map varies
+    assert not np.array_equal(cam[:, half], cam[:, half - 1])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from report_html import render_caption
 from torchvision.models import resnet18, resnet34
 
 from histo_wsss.classifier import (
@@ -154,6 +155,28 @@ def test_learning_curve_bytes_are_reproducible(trained, tmp_path):
     learning_curve(root / "a" / "m.csv", tmp_path / "1.png")
     learning_curve(root / "a" / "m.csv", tmp_path / "2.png")
     assert (tmp_path / "1.png").read_bytes() == (tmp_path / "2.png").read_bytes()
+
+
+def test_the_learning_curve_marks_the_epochs_at_which_a_frozen_block_starts_training(
+    trained, tmp_path
+):
+    root, _, _ = trained
+    unfreeze, epochs = CFG["unfreeze"], CFG["epochs"]
+    scheduled = [
+        e + 1
+        for e in range(1, epochs)
+        if trainable_blocks(e, unfreeze) != trainable_blocks(e - 1, unfreeze)
+    ]
+    assert learning_curve(root / "a" / "m.csv", tmp_path / "1.png") == scheduled == [2]
+    metrics = pd.read_csv(root / "a" / "m.csv").assign(trainable="layer4+fc")
+    metrics.to_csv(tmp_path / "m.csv", index=False)
+    assert learning_curve(tmp_path / "m.csv", tmp_path / "2.png") == []  # nothing to mark
+    # the caption promises dotted lines only where a block starts training, as drawn
+    caption = " ".join(render_caption("classifier_learning_curve").split())
+    assert (
+        "dotted vertical lines mark the epochs at which a frozen backbone block starts" in caption
+    )
+    assert "no block was frozen or unfrozen during training there is no dotted line" in caption
 
 
 def test_load_checkpoint_rejects_foreign_files(tmp_path):

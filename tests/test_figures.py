@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from report_html import render_caption
 
 from histo_wsss.figures import (
     ERROR_COLORS,
@@ -18,11 +19,14 @@ from histo_wsss.figures import (
     metrics_table,
     metrics_table_rows,
     overlay,
+    pseudo_mask_steps,
     segmentation_panels,
+    stain_sheet,
     uncertainty,
     uncertainty_maps,
 )
 from histo_wsss.io import write_csv, write_png
+from histo_wsss.refine import STEPS
 
 WHITE, RED, BLUE, BLACK = (255, 255, 255), (255, 0, 0), (0, 0, 255), (0, 0, 0)
 
@@ -244,3 +248,66 @@ def test_learning_curves_png_reproducible(tmp_path):
     old.to_csv(tmp_path / "bad.csv", index=False)  # the old, unqualified name
     with pytest.raises(ValueError, match="val_iou_vs_pseudo_pooled"):
         learning_curves(csvs[0], tmp_path / "bad.csv", tmp_path / "c.png")
+
+
+def test_example_rows_name_their_iou_and_the_negative_row_its_predicted_share(tmp_path):
+    examples = [example(1) | {"iou": 0.25}, example(2) | {"iou": 0.5}, example(3)]
+    examples[-1] |= {"negative": True, "truth": np.zeros((16, 16), bool)}
+    examples[-1]["prob"] = np.where(np.arange(16) < 4, 0.9, 0.1)[None, :].repeat(16, 0)
+    text = segmentation_panels(examples, tmp_path / "p.png")
+    assert "img1\nIoU vs truth 0.250" in text and "img2\nIoU vs truth 0.500" in text
+    assert "img3\nnegative image\n25.0% predicted" in text
+    assert "ground truth outline" in text and "probability" in text  # the colour bar
+    for ex in examples:
+        ex["pred"], ex["reference"] = ex["prob"] >= 0.5, ex["pseudo"]
+    text = error_maps(examples, tmp_path / "e.png", reference="pseudo")
+    assert "prediction vs pseudo" in text and "img1\nIoU vs pseudo 0.250" in text
+    assert "FP: predicted, not in pseudo" in text  # the legend says what the title says
+    assert not any("reference" in t or "truth" in t for t in text)
+    text = uncertainty_maps(examples, tmp_path / "u.png")
+    assert "img3\nnegative image\n25.0% predicted" in text and "uncertainty" in text
+
+
+def test_the_pseudo_mask_steps_caption_names_the_step_the_figure_calls_the_pseudo_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    write_png(tmp_path / "im.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    np.save(tmp_path / "cam.npy", rng.random((24, 24)).astype(np.float16))
+    write_png(tmp_path / "m.png", rng.random((24, 24)) > 0.5)
+    files = {"im": str(tmp_path / "m.png")}
+    for final in STEPS:
+        text = pseudo_mask_steps(
+            ["im"],
+            {"im": str(tmp_path / "im.png")},
+            {"im": str(tmp_path / "cam.npy")},
+            dict.fromkeys(STEPS, files),
+            final,
+            files,
+            tmp_path / "s.png",
+            ious={"im": 0.5},
+        )
+        pseudo_mask = [t for t in text if "pseudo-mask" in t]
+        assert pseudo_mask == [f"{final} (pseudo-mask)", f"{final} (pseudo-mask) outline"]
+        assert "im\nIoU vs truth 0.500" in text and "CAM (over image)" in text  # colour bar
+        caption = render_caption("pseudo_mask_steps", {"final_step": final})
+        assert f"the mask after **{final}**" in caption
+
+
+def test_the_stain_sheet_shows_each_image_before_and_after_and_why_one_kept_its_colours(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = [
+        {
+            "name": f"im{i}",
+            "original": rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
+            "normalized": rng.integers(0, 256, (20, 24, 3), dtype=np.uint8),
+            "tissue": rng.random((20, 24)) > 0.3,
+            "tissue_fraction": 0.7 - 0.68 * i,
+            "normalized_ok": i == 0,
+            "reason": "" if i == 0 else "tissue fraction 0.02 < 0.05",
+        }
+        for i in range(2)
+    ]
+    text = stain_sheet(rows, tmp_path / "a.png")
+    assert {"original", "stain-normalized", "tissue mask"} <= set(text)
+    assert "im0\ntissue 70%\nnormalized" in text
+    assert "im1\ntissue 2%\nkept its colours:\ntissue fraction 0.02 < 0.05" in text
+    drawn_twice(tmp_path, lambda p: stain_sheet(rows, p))

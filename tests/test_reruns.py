@@ -38,6 +38,7 @@ SEGMENTATION_AND_AFTER = {
     "metrics_table": 1,
     "qupath_export": TINY["pseudo_masks"]["shards"],
     "review_queue": 1,
+    "report_tables": 1,
     "all": 1,
 }
 PSEUDO_MASKS_AND_AFTER = {
@@ -112,6 +113,11 @@ def test_a_correction_reruns_only_the_segmentation_and_after(tiny_run):
     finally:
         shutil.rmtree(folder)
     assert planned_jobs(tiny_run) == {}
+
+
+def test_a_figure_parameter_reruns_only_its_figures(tiny_run):
+    config = _with("predict", figure_examples=2)
+    assert planned_jobs(tiny_run, config) == {"figure_examples": 3, "all": 1}
 
 
 def test_nothing_changed_plans_nothing(tiny_run):
@@ -238,6 +244,7 @@ def test_added_images_rerun_their_shards_and_what_learns_from_them(tiny_run, tmp
     assert jobs.pop("predict_new") == 1
     retrained = {
         "stain_qc": 1,
+        "figure_stain_normalization": 1,
         "dataset_manifest": 1,
         "split": 1,
         "train_classifier": 1,

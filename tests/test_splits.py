@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from histo_wsss.shards import shard_groups, shard_of
+from histo_wsss.shards import shard_files, shard_groups, shard_of
 from histo_wsss.splits import make_split
 
 
@@ -59,3 +59,17 @@ def test_shards_partition_names_and_are_stable_when_images_are_added():
     more = shard_groups([*names, "new_image"], 8)
     changed = [k for k in range(8) if more[k] != shards[k]]
     assert changed == [shard_of("new_image", 8)]
+
+
+def test_shard_files_finds_each_name_in_its_shard_folder(tmp_path):
+    for shard, names in enumerate((["a", "c.v2"], ["b"])):
+        (tmp_path / str(shard) / "steps" / "crf").mkdir(parents=True)
+        for name in names:
+            (tmp_path / str(shard) / "steps" / "crf" / f"{name}.png").touch()
+            (tmp_path / str(shard) / "steps" / "crf" / f"{name}.npy").touch()
+    found = shard_files([tmp_path / "0", tmp_path / "1"], "steps/crf")
+    assert found == {
+        n: str(tmp_path / s / "steps" / "crf" / f"{n}.png")
+        for n, s in (("a", "0"), ("c.v2", "0"), ("b", "1"))
+    }
+    assert shard_files([], "masks") == {}  # no real masks: no truth shards

@@ -2,11 +2,14 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
+from report_html import html_tables, info_panel_bytes, report_items
 from workflow_runner import REPO, TINY, snakemake
 
 from histo_wsss.io import read_mask, read_rgb
@@ -80,7 +83,7 @@ def test_classifier_cams_and_pseudo_masks(run):
     assert (results / "figures" / "pseudo_mask_steps.png").stat().st_size > 20_000
 
 
-def test_segmentation_predictions_evaluation_figures_and_report(run):
+def test_segmentation_predictions_evaluation_and_figures(run):
     results = run / "results"
     split = pd.read_csv(results / "split" / "split.csv")
     metrics = pd.read_csv(results / "segmentation" / "metrics.csv")
@@ -124,9 +127,64 @@ def test_segmentation_predictions_evaluation_figures_and_report(run):
         "metrics_table",
     ):
         assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
-    snakemake(run, "--report", "report.html")
-    html = (run / "report.html").read_text(errors="ignore")
-    assert "error_maps.png" in html and "pseudo_mask_steps.png" in html
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run):
+    """The tiny run's self-contained report, rendered once: ``{path: item}``."""
+    snakemake(tiny_run, "--report", "report.html")
+    return report_items(tiny_run / "report.html")
+
+
+# Every table of the report: its item's name and the result it shows.
+REPORT_TABLES = {
+    "stain_qc": "stain/qc.csv",
+    "classifier_evaluation": "classifier/evaluation.json",
+    "cam_summary": "cam/summary.json",
+    "pseudo_mask_quality": "pseudo_masks/quality.csv",
+    "pseudo_mask_quality_summary": "pseudo_masks/quality_summary.csv",
+    "segmentation_evaluation": "segmentation/evaluation.json",
+    "metrics_table": "segmentation/metrics_table.csv",
+    "segmentation_per_image": "segmentation/per_image.csv",
+}
+REPORT_FIGURES = {
+    "contact_sheet",
+    "stain_normalization",
+    "classifier_learning_curve",
+    "pseudo_mask_steps",
+    "segmentation_examples",
+    "error_maps",
+    "uncertainty_maps",
+    "learning_curves",
+    "metrics_table",
+}
+
+
+def test_the_report_shows_every_table_and_figure_captioned_with_a_short_info_panel(run, report):
+    shown = {(Path(p).stem, item["mime_type"]) for p, item in report.items()}
+    assert shown == {(t, "text/html") for t in REPORT_TABLES} | {
+        (f, "image/png") for f in REPORT_FIGURES
+    }  # nothing that only downloads
+    for path, item in report.items():
+        assert item["caption"].strip(), path
+        assert info_panel_bytes(item) < 2048, (path, item["job_properties"]["params"][:300])
+        if item["mime_type"] != "text/html":
+            continue
+        source = run / "results" / REPORT_TABLES[Path(path).stem]
+        [rows] = html_tables(item["content"].decode())
+        if source.suffix == ".csv":
+            table = pd.read_csv(source)
+            assert rows[0] == list(table.columns) and len(rows) == len(table) + 1, path
+        else:
+            splits = [s for s in ("train", "val", "test") if f'"{s}":' in source.read_text()]
+            assert rows[0] == ["metric", *splits] and len(rows) > 2, path
+
+
+def test_the_pseudo_mask_steps_caption_names_the_configured_final_step(report):
+    final = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["pseudo_masks"]
+    final = TINY.get("pseudo_masks", {}).get("final_step", final["final_step"])
+    [caption] = [i["caption"] for p, i in report.items() if p.endswith("pseudo_mask_steps.png")]
+    assert f"the mask after <strong>{final}</strong>" in caption
 
 
 def test_the_segmentation_checkpoint_holds_no_path_of_the_run_folder(run):

@@ -816,12 +816,16 @@ def predict(
 # Figure
 
 
-def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi: int = 120) -> None:
+def learning_curve(
+    metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi: int = 120
+) -> list[int]:
     """Plot the metrics CSV of :func:`train` (losses, val accuracy, val AUC, LR vs epoch).
 
-    Dotted vertical lines mark epochs where the trainable blocks change. Saved atomically with
-    the Agg canvas, the default style, a fixed ``dpi`` and no timestamps/software metadata, so the
-    same CSV gives the same file (PNG, PDF or SVG, by the suffix of ``path``).
+    Dotted vertical lines mark the epochs at which the trainable blocks change (a frozen block
+    starts training); the title lists them, or names the blocks that trained throughout when
+    none changed. Returns those epochs. Saved atomically with the Agg canvas, the default style, a
+    fixed ``dpi`` and no timestamps/software metadata, so the same CSV gives the same file (PNG,
+    PDF or SVG, by the suffix of ``path``).
     """
     table = pd.read_csv(metrics_csv)
     missing = [c for c in METRICS_COLUMNS if c not in table.columns]
@@ -830,7 +834,9 @@ def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi:
     epochs = table["epoch"].to_numpy()
     trainable = table["trainable"].tolist()
     changes = [
-        e for e, prev, cur in zip(epochs[1:], trainable, trainable[1:], strict=False) if prev != cur
+        int(e)
+        for e, prev, cur in zip(epochs[1:], trainable, trainable[1:], strict=False)
+        if prev != cur
     ]
     with figure(path, (10, 7), dpi) as fig:
         axes = fig.subplots(2, 2, sharex=True).ravel()
@@ -852,4 +858,12 @@ def learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, dpi:
             ax.grid(True, alpha=0.3)
         for ax in axes[2:]:
             ax.set_xlabel("epoch")
-        fig.suptitle("classifier learning curve (dotted: unfreezing steps)")
+        fig.suptitle(
+            "classifier learning curve "
+            + (
+                f"(dotted: a frozen block starts training at epoch {', '.join(map(str, changes))})"
+                if changes
+                else f"(trainable throughout: {trainable[0]})"
+            )
+        )
+    return changes

@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.text import Text
 
 from histo_wsss.evaluation import REFERENCES, val_iou_columns
 from histo_wsss.io import atomic_path, read_mask, read_rgb
@@ -61,32 +64,66 @@ def pseudo_mask_steps(
     final_step: str,
     truth: Mapping[str, str],
     path: str | os.PathLike,
-) -> None:
-    """One row per image: image, CAM, the mask after each refinement step (``final_step``'s,
-    the pseudo-mask, titled so), ground truth."""
+    ious: Mapping[str, float] | None = None,
+) -> list[str]:
+    """One row per image: image, CAM (:data:`SCORE_CMAP` over the image, one colour bar), the
+    mask after each refinement step (``final_step``'s, the pseudo-mask, titled so), ground
+    truth with the final mask's outline. A row is labelled with the image's name and, from
+    ``ious``, its final mask's IoU vs truth. Returns the figure's texts (:func:`drawn_text`)."""
     titles = [f"{s} (pseudo-mask)" if s == final_step else s for s in steps]
     columns = ["image", "CAM", *titles] + (["ground truth"] if truth else [])
-    with figure(path, (1.9 * len(columns), 1.9 * len(names) + 0.4)) as fig:
+    with figure(path, (1.9 * len(columns) + 0.6, 1.9 * len(names) + 0.4)) as fig:
         axes = fig.subplots(len(names), len(columns), squeeze=False)
         for row, name in zip(axes, names, strict=True):
             rgb = read_rgb(images[name])
-            panels = [rgb, np.load(cams[name]).astype(np.float32)]
-            panels += [read_mask(files[name]) for files in steps.values()]
+            row[0].imshow(rgb)
+            row[1].imshow(rgb)
+            cam = row[1].imshow(
+                np.load(cams[name]).astype(np.float32), cmap=SCORE_CMAP, alpha=0.5, vmin=0, vmax=1
+            )
+            masks = [read_mask(files[name]) for files in steps.values()]
+            for ax, mask in zip(row[2:], masks, strict=False):
+                ax.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             if truth:
-                panels.append(read_mask(truth[name]))
-            for ax, panel, title in zip(row, panels, columns, strict=True):
-                if panel.ndim == 3:
-                    ax.imshow(panel)
-                elif title == "CAM":
-                    ax.imshow(rgb)
-                    ax.imshow(panel, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-                else:
-                    ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-            row[0].set_ylabel(name, fontsize=8)
+                row[-1].imshow(read_mask(truth[name]), cmap="gray", vmin=0, vmax=1)
+                _outline(row[-1], masks[list(steps).index(final_step)], FINAL_OUTLINE)
+            for ax in row:
+                _off(ax)
+            label = name if ious is None else f"{name}\nIoU vs truth {ious[name]:.3f}"
+            row[0].set_ylabel(label, fontsize=8)
         for ax, title in zip(axes[0], columns, strict=True):
             ax.set_title(title, fontsize=9)
+        fig.colorbar(cam, ax=axes, shrink=0.6, label="CAM (over image)")
+        if truth:
+            _outline_legend(fig, {FINAL_OUTLINE: f"{final_step} (pseudo-mask) outline"})
+        return drawn_text(fig)
+
+
+def stain_sheet(rows: Sequence[Mapping], path: str | os.PathLike) -> list[str]:
+    """Stain normalization before and after: one row per image, its original, its normalized
+    version and its tissue mask. ``rows``: dicts with ``name``, ``original`` and ``normalized``
+    (HxWx3 uint8, the same size: the original at the working resolution), ``tissue`` (mask),
+    ``tissue_fraction`` and ``normalized_ok`` (False: it kept its colours, for ``reason``).
+    Returns the figure's texts."""
+    if not rows:
+        raise ValueError("no images to draw")
+    columns = ["original", "stain-normalized", "tissue mask"]
+    with figure(path, (2.2 * len(columns) + 0.4, 2.2 * len(rows) + 0.4)) as fig:
+        axes = fig.subplots(len(rows), len(columns), squeeze=False)
+        for row, r in zip(axes, rows, strict=True):
+            _same_shape(r["original"], r["normalized"], r["tissue"])
+            row[0].imshow(r["original"])
+            row[1].imshow(r["normalized"])
+            row[2].imshow(_mask(r["tissue"]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            state = "normalized" if r["normalized_ok"] else f"kept its colours:\n{r['reason']}"
+            row[0].set_ylabel(
+                f"{r['name']}\ntissue {r['tissue_fraction']:.0%}\n{state}", fontsize=8
+            )
+            for ax in row:
+                _off(ax)
+        for ax, title in zip(axes[0], columns, strict=True):
+            ax.set_title(title, fontsize=9)
+        return drawn_text(fig)
 
 
 # --- segmentation results (paper Figures 2-4) ------------------------------------------------
@@ -98,16 +135,22 @@ ERROR_COLORS = {
     "FN": (0, 0, 255),
     "TN": (0, 0, 0),
 }
+#: Error-map legend: ``{reference}`` is what the prediction is measured against (truth, pseudo).
 ERROR_LABELS = {
-    "TP": "TP: predicted, in reference",
-    "FP": "FP: predicted, not in reference",
-    "FN": "FN: missed",
-    "TN": "TN: background",
+    "TP": "TP: predicted, in {reference}",
+    "FP": "FP: predicted, not in {reference}",
+    "FN": "FN: in {reference}, missed",
+    "TN": "TN: in neither",
 }
 OVERLAY_COLOR = (255, 0, 0)
 OVERLAY_ALPHA = 0.45
-PROB_CMAP = "jet"
+#: Perceptually uniform colour maps (lightness grows with the value): probabilities and CAMs,
+#: uncertainty.
+SCORE_CMAP = "magma"
 UNCERTAINTY_CMAP = "viridis"
+#: Outline colours: the real mask over overlays and maps, the final mask over the ground truth.
+TRUTH_OUTLINE = "#00e5ff"
+FINAL_OUTLINE = "#ff2d95"
 
 
 def _mask(array: np.ndarray) -> np.ndarray:
@@ -173,15 +216,47 @@ def _off(ax) -> None:
     ax.set_yticks([])
 
 
-def _error_legend(fig: Figure) -> None:
-    from matplotlib.patches import Patch
+def drawn_text(fig: Figure) -> list[str]:
+    """Every non-empty text of ``fig`` (titles, labels, legend entries, colour-bar labels), in
+    drawing order: what a reader sees in words, for tests to hold captions to."""
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
 
+
+def _outline(ax, mask: np.ndarray, color: str) -> None:
+    """The outline of ``mask`` (nothing when it is empty or full) drawn on ``ax``."""
+    mask = _mask(mask)
+    if mask.any() and not mask.all():
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=0.9)
+
+
+def _outline_legend(fig: Figure, outlines: Mapping[str, str]) -> None:
+    handles = [Line2D([], [], color=c, linewidth=1.5, label=label) for c, label in outlines.items()]
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False)
+
+
+def _error_legend(fig: Figure, reference: str) -> None:
     ncols = 4 if fig.get_figwidth() >= 7.5 else 2
     handles = [
-        Patch(facecolor=np.asarray(ERROR_COLORS[k]) / 255, edgecolor="black", label=ERROR_LABELS[k])
+        Patch(
+            facecolor=np.asarray(ERROR_COLORS[k]) / 255,
+            edgecolor="black",
+            label=ERROR_LABELS[k].format(reference=reference),
+        )
         for k in ERROR_COLORS
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
+
+
+def _row_label(example: Mapping, reference: str, pred: np.ndarray) -> str:
+    """A row's label from the example's optional keys: its ``name``, then its ``iou`` vs
+    ``reference`` or, for a ``negative`` image, the share of its pixels predicted positive
+    (``pred``)."""
+    label = str(example.get("name", ""))
+    if example.get("negative"):
+        return f"{label}\nnegative image\n{_mask(pred).mean():.1%} predicted"
+    if example.get("iou") is not None:
+        return f"{label}\nIoU vs {reference} {example['iou']:.3f}"
+    return label
 
 
 def _check_examples(examples: Sequence[Mapping], keys: Sequence[str]) -> None:
@@ -217,13 +292,18 @@ def load_example(
 
 
 def segmentation_panels(
-    examples: Sequence[Mapping], path: str | os.PathLike, threshold: float = 0.5, title: str = ""
-) -> None:
-    """Paper Figure 2 for several images: one row per example.
+    examples: Sequence[Mapping],
+    path: str | os.PathLike,
+    threshold: float = 0.5,
+    reference: str = "truth",
+    title: str = "",
+) -> list[str]:
+    """Paper Figure 2 for several images: one row per example. Returns the figure's texts.
 
-    ``examples``: dicts with ``image``, ``pseudo``, ``prob`` and optionally ``name`` (row label)
-    and ``truth`` (a ground-truth column is added when every example has one). Columns: image,
-    pseudo-mask, [ground truth,] predicted mask, probability map (shared colour bar), pseudo-mask
+    ``examples``: dicts with ``image``, ``pseudo``, ``prob``, optionally ``truth`` (a
+    ground-truth column and its outline on both overlays when every example has one) and the
+    row label's keys (:func:`_row_label`). Columns: image, pseudo-mask, [ground truth,]
+    predicted mask, probability map (:data:`SCORE_CMAP`, shared colour bar), pseudo-mask
     overlay, prediction overlay.
     """
     _check_examples(examples, ("image", "pseudo", "prob"))
@@ -231,7 +311,7 @@ def segmentation_panels(
     columns = ["image", "pseudo-mask", *(["ground truth"] if with_truth else [])]
     columns += [f"prediction (p ≥ {threshold:g})", "probability", "pseudo overlay"]
     columns += ["prediction overlay"]
-    with figure(path, (1.9 * len(columns) + 0.6, 1.9 * len(examples) + 0.8)) as fig:
+    with figure(path, (1.9 * len(columns) + 0.6, 1.9 * len(examples) + 1.0)) as fig:
         axes = fig.subplots(len(examples), len(columns), squeeze=False)
         im = None
         for row, ex in zip(axes, examples, strict=True):
@@ -245,24 +325,36 @@ def segmentation_panels(
             if with_truth:
                 next(cells).imshow(truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             next(cells).imshow(pred, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            im = next(cells).imshow(p, cmap=PROB_CMAP, vmin=0, vmax=1)
-            next(cells).imshow(overlay(image, pseudo))
-            next(cells).imshow(overlay(image, pred))
-            row[0].set_ylabel(str(ex.get("name", "")), fontsize=8)
+            im = next(cells).imshow(p, cmap=SCORE_CMAP, vmin=0, vmax=1)
+            for ax, mask in ((next(cells), pseudo), (next(cells), pred)):
+                ax.imshow(overlay(image, mask))
+                if with_truth:
+                    _outline(ax, truth, TRUTH_OUTLINE)
+            row[0].set_ylabel(_row_label(ex, reference, pred), fontsize=8)
             for ax in row:
                 _off(ax)
         for ax, name in zip(axes[0], columns, strict=True):
             ax.set_title(name, fontsize=9)
         fig.colorbar(im, ax=axes, shrink=0.6, label="probability")
+        if with_truth:
+            _outline_legend(fig, {TRUTH_OUTLINE: "ground truth outline"})
         if title:
             fig.suptitle(title)
+        return drawn_text(fig)
 
 
-def error_maps(examples: Sequence[Mapping], path: str | os.PathLike, title: str = "") -> None:
-    """Paper Figure 3 for several images: one row per example, one legend.
+def error_maps(
+    examples: Sequence[Mapping],
+    path: str | os.PathLike,
+    reference: str = "truth",
+    title: str = "",
+) -> list[str]:
+    """Paper Figure 3 for several images: one row per example, one legend, both naming the
+    ``reference`` the prediction is measured against. Returns the figure's texts.
 
     ``examples``: dicts with ``pred`` and ``reference`` (masks), optionally ``image`` (drawn to
-    the left when every example has one) and ``name`` (row label).
+    the left when every example has one) and the row label's keys (:func:`_row_label`).
+    ``title`` defaults to "prediction vs <reference>".
     """
     _check_examples(examples, ("pred", "reference"))
     with_image = all("image" in ex for ex in examples)
@@ -275,27 +367,36 @@ def error_maps(examples: Sequence[Mapping], path: str | os.PathLike, title: str 
                 _same_shape(ex["image"], rgb)
                 row[0].imshow(np.asarray(ex["image"]))
             row[-1].imshow(rgb, interpolation="nearest")
-            row[0].set_ylabel(str(ex.get("name", "")), fontsize=8)
+            row[0].set_ylabel(_row_label(ex, reference, ex["pred"]), fontsize=8)
             for ax in row:
                 _off(ax)
-        axes[0, -1].set_title("error map", fontsize=9)
+        axes[0, -1].set_title(f"error map vs {reference}", fontsize=9)
         if with_image:
             axes[0, 0].set_title("image", fontsize=9)
-        _error_legend(fig)
-        if title:
-            fig.suptitle(title)
+        _error_legend(fig, reference)
+        fig.suptitle(title or f"prediction vs {reference}")
+        return drawn_text(fig)
 
 
-def uncertainty_maps(examples: Sequence[Mapping], path: str | os.PathLike, title: str = "") -> None:
-    """Paper Figure 4 for several images: one row per example, one shared colour bar.
+def uncertainty_maps(
+    examples: Sequence[Mapping],
+    path: str | os.PathLike,
+    threshold: float = 0.5,
+    reference: str = "truth",
+    title: str = "",
+) -> list[str]:
+    """Paper Figure 4 for several images: one row per example, one shared colour bar. Returns
+    the figure's texts.
 
-    ``examples``: dicts with ``prob``, optionally ``image`` (drawn to the left when every example
-    has one) and ``name`` (row label).
+    ``examples``: dicts with ``prob``, optionally ``image`` (drawn to the left when every
+    example has one), ``truth`` (its outline on the map when every example has one) and the
+    row label's keys (:func:`_row_label`; a negative row's share is of ``prob >= threshold``).
     """
     _check_examples(examples, ("prob",))
     with_image = all("image" in ex for ex in examples)
+    with_truth = all("truth" in ex for ex in examples)
     n = 2 if with_image else 1
-    with figure(path, (2.4 * n + 1.2, 2.4 * len(examples) + 0.6)) as fig:
+    with figure(path, (2.4 * n + 1.2, 2.4 * len(examples) + 0.9)) as fig:
         axes = fig.subplots(len(examples), n, squeeze=False)
         im = None
         for row, ex in zip(axes, examples, strict=True):
@@ -304,15 +405,21 @@ def uncertainty_maps(examples: Sequence[Mapping], path: str | os.PathLike, title
                 _same_shape(ex["image"], u)
                 row[0].imshow(np.asarray(ex["image"]))
             im = row[-1].imshow(u, cmap=UNCERTAINTY_CMAP, vmin=0, vmax=1)
-            row[0].set_ylabel(str(ex.get("name", "")), fontsize=8)
+            if with_truth:
+                _outline(row[-1], ex["truth"], TRUTH_OUTLINE)
+            pred = _prob(ex["prob"]) >= threshold
+            row[0].set_ylabel(_row_label(ex, reference, pred), fontsize=8)
             for ax in row:
                 _off(ax)
         axes[0, -1].set_title("uncertainty 1 − 2|p − 0.5|", fontsize=9)
         if with_image:
             axes[0, 0].set_title("image", fontsize=9)
         fig.colorbar(im, ax=axes, shrink=0.6, label="uncertainty")
+        if with_truth:
+            _outline_legend(fig, {TRUTH_OUTLINE: "ground truth outline"})
         if title:
             fig.suptitle(title)
+        return drawn_text(fig)
 
 
 # --- summary table and learning curves -------------------------------------------------------

@@ -62,6 +62,7 @@ rule classifier_learning_curve:
             f"{RESULTS}/figures/classifier_learning_curve.png",
             caption="../report/classifier_learning_curve.rst",
             category="Classifier",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/classifier_learning_curve.log",

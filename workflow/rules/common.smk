@@ -35,7 +35,6 @@ from histo_wsss.dataset import (
 from histo_wsss.demo import DEMO_KEYS, demo_names, demo_spec
 from histo_wsss.io import unwritable_folders
 from histo_wsss.qupath import binary_labels
-from histo_wsss.refine import STEPS as REFINE_STEPS
 from histo_wsss.shards import shard_groups
 from histo_wsss.weights import PRETRAINED
 from histo_wsss.weights import local_file as local_weights_file
@@ -557,6 +556,13 @@ def new_images():
 MULTI_LABEL = DATASET_SPEC.format == "tags"
 
 
+def stain_sheet_images(n=6):
+    """`{name: original image}` of `n` samples spread evenly over the sorted names: the rows
+    of the stain-normalization figure (a few paths, which its info panel lists)."""
+    picks = sorted({round(i * (len(SAMPLES) - 1) / max(n - 1, 1)) for i in range(n)})
+    return {SAMPLES[i]: SAMPLE_IMAGES[SAMPLES[i]] for i in picks}
+
+
 def final_outputs():
     if MULTI_LABEL:
         return [
@@ -568,12 +574,14 @@ def final_outputs():
     outputs = [
         f"{RESULTS}/split/split.csv",
         f"{RESULTS}/stain/qc.csv",
+        f"{RESULTS}/figures/stain_normalization.png",
         f"{RESULTS}/classifier/evaluation.json",
         f"{RESULTS}/figures/classifier_learning_curve.png",
         f"{RESULTS}/cam/summary.json",
         f"{RESULTS}/pseudo_masks/quality_summary.csv",
         f"{RESULTS}/segmentation/evaluation.json",
         f"{RESULTS}/segmentation/metrics_table.csv",
+        *rules.report_tables.output,
         f"{RESULTS}/figures/learning_curves.png",
         *(
             f"{RESULTS}/figures/{kind}.png"

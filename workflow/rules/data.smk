@@ -33,6 +33,7 @@ rule demo_contact_sheet:
             f"{DEMO_DIR}/contact_sheet.png",
             caption="../report/contact_sheet.rst",
             category="Data",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/demo_contact_sheet.log",

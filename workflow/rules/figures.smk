@@ -1,4 +1,5 @@
-"""Figures of the paper's section 3, each its own job, from saved results only."""
+"""Figures of the paper's section 3 and of stain normalization, each its own job, from saved
+results only."""
 
 
 rule figure_examples:
@@ -13,6 +14,7 @@ rule figure_examples:
             f"{RESULTS}/figures/{{kind}}.png",
             caption="../report/example_figures.rst",
             category="Segmentation",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/figures/{{kind}}.log",
@@ -24,9 +26,6 @@ rule figure_examples:
     resources:
         mem_mb=2000,
     params:
-        images=sample_files("stain", "images"),
-        pseudo=sample_files("pseudo_masks", "masks"),
-        masks=truth_masks(),
         n_examples=config["predict"]["figure_examples"],
         threshold=config["segmentation"]["threshold"],
     script:
@@ -42,6 +41,7 @@ rule figure_learning_curves:
             f"{RESULTS}/figures/learning_curves.png",
             caption="../report/learning_curves.rst",
             category="Segmentation",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/figures/learning_curves.log",
@@ -58,15 +58,12 @@ rule metrics_table:
     input:
         f"{RESULTS}/segmentation/evaluation.json",
     output:
-        table=report(
-            f"{RESULTS}/segmentation/metrics_table.csv",
-            caption="../report/metrics_table.rst",
-            category="Segmentation",
-        ),
+        table=f"{RESULTS}/segmentation/metrics_table.csv",
         figure=report(
             f"{RESULTS}/figures/metrics_table.png",
             caption="../report/metrics_table.rst",
             category="Segmentation",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/figures/metrics_table.log",
@@ -77,3 +74,29 @@ rule metrics_table:
         mem_mb=1000,
     script:
         "../scripts/metrics_table.py"
+
+
+rule figure_stain_normalization:
+    input:
+        qc=f"{RESULTS}/stain/qc.csv",
+        stain=shard_dirs("stain"),
+        originals=dataset_inputs()["images"],
+    output:
+        report(
+            f"{RESULTS}/figures/stain_normalization.png",
+            caption="../report/stain_normalization.rst",
+            category="Data",
+            subcategory="Figures",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/stain_normalization.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        originals=stain_sheet_images(),
+        scale=config["stain"]["scale"],
+    script:
+        "../scripts/figure_stain.py"

@@ -35,16 +35,8 @@ rule pseudo_mask_quality:
         shards=shard_dirs("pseudo_masks"),
         split=f"{RESULTS}/split/split.csv",
     output:
-        table=report(
-            f"{RESULTS}/pseudo_masks/quality.csv",
-            caption="../report/pseudo_mask_quality.rst",
-            category="Pseudo-masks",
-        ),
-        summary=report(
-            f"{RESULTS}/pseudo_masks/quality_summary.csv",
-            caption="../report/pseudo_mask_quality_summary.rst",
-            category="Pseudo-masks",
-        ),
+        table=f"{RESULTS}/pseudo_masks/quality.csv",
+        summary=f"{RESULTS}/pseudo_masks/quality_summary.csv",
     log:
         f"{RESULTS}/logs/pseudo_mask_quality.log",
     conda:
@@ -68,6 +60,7 @@ rule pseudo_mask_figure:
             f"{RESULTS}/figures/pseudo_mask_steps.png",
             caption="../report/pseudo_mask_steps.rst",
             category="Pseudo-masks",
+            subcategory="Figures",
         ),
     log:
         f"{RESULTS}/logs/pseudo_mask_figure.log",
@@ -77,14 +70,7 @@ rule pseudo_mask_figure:
     resources:
         mem_mb=2000,
     params:
-        images=sample_files("stain", "images"),
-        cams=sample_files("cam", "cams", ".npy"),
-        steps={
-            step: sample_files("pseudo_masks", f"steps/{step}")
-            for step in REFINE_STEPS
-        },
         final_step=config["pseudo_masks"]["final_step"],
-        masks=truth_masks(),
         n_images=6,
     script:
         "../scripts/pseudo_mask_figure.py"

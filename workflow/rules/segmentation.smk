@@ -64,11 +64,7 @@ rule evaluate_segmentation:
         pseudo=shard_dirs("pseudo_masks"),
         truth=truth_inputs(),
     output:
-        table=report(
-            f"{RESULTS}/segmentation/per_image.csv",
-            caption="../report/segmentation_per_image.rst",
-            category="Segmentation",
-        ),
+        table=f"{RESULTS}/segmentation/per_image.csv",
         summary=f"{RESULTS}/segmentation/evaluation.json",
     log:
         f"{RESULTS}/logs/evaluate_segmentation.log",

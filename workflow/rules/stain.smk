@@ -50,11 +50,7 @@ rule stain_qc:
     input:
         shard_dirs("stain"),
     output:
-        report(
-            f"{RESULTS}/stain/qc.csv",
-            caption="../report/stain_qc.rst",
-            category="Data",
-        ),
+        f"{RESULTS}/stain/qc.csv",
     log:
         f"{RESULTS}/logs/stain_qc.log",
     conda:

@@ -1,4 +1,5 @@
-"""Figure 2 (panels), 3 (error maps) or 4 (uncertainty) of the paper for a few test images."""
+"""Figure 2 (panels), 3 (error maps) or 4 (uncertainty) of the paper for a few test images:
+positives spread over the range of IoU, then the negative image with the most predicted pixels."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pandas as pd
 
 from histo_wsss import figures
 from histo_wsss.logs import job_log
+from histo_wsss.shards import shard_files
 
 DRAW = {
     "segmentation_examples": figures.segmentation_panels,
@@ -15,27 +17,33 @@ DRAW = {
 
 with job_log(snakemake.log[0]):
     p = snakemake.params
+    images = shard_files(snakemake.input.stain, "images")
+    pseudo = shard_files(snakemake.input.pseudo, "masks")
+    masks = shard_files(snakemake.input.truth, "masks")
     kind = snakemake.wildcards.kind
     table = pd.read_csv(snakemake.input.table, dtype={"name": str})
-    positives = table[(table["label"] == 1) & (table["split"] == "test")]
-    if positives.empty:
-        positives = table[table["label"] == 1]
-    score = "truth_iou" if "truth_iou" in positives else "pseudo_iou"
-    names = figures.pick_examples(
-        dict(zip(positives["name"], positives[score], strict=True)), p.n_examples
-    )
+    reference = "truth" if masks else "pseudo"
+
+    def of_label(label):
+        """The test images of ``label``, or every evaluated one when the test split has none."""
+        rows = table[(table["label"] == label) & (table["split"] == "test")]
+        return rows if len(rows) else table[table["label"] == label]
+
+    positives = of_label(1).set_index("name")
+    names = figures.pick_examples(positives[f"{reference}_iou"].to_dict(), p.n_examples)
+    negatives = of_label(0).sort_values(["pred_area", "name"], ascending=[False, True])
     probs = Path(snakemake.input.predictions) / "probs"
-    examples = [
-        figures.load_example(
-            p.images[n], probs / f"{n}.npy", p.pseudo[n], p.masks.get(n, ""), name=n
+    examples = []
+    for name, negative in [(n, False) for n in names] + [(n, True) for n in negatives["name"][:1]]:
+        ex = figures.load_example(
+            images[name], probs / f"{name}.npy", pseudo[name], masks.get(name, ""), name=name
         )
-        for n in names
-    ]
+        ex["negative"] = negative
+        ex["iou"] = None if negative else positives.loc[name, f"{reference}_iou"]
+        ex["pred"] = ex["prob"] >= p.threshold
+        ex["reference"] = ex[reference]
+        examples.append(ex)
     if kind == "error_maps":
-        reference = "truth" if p.masks else "pseudo"
-        for ex in examples:
-            ex["pred"] = ex["prob"] >= p.threshold
-            ex["reference"] = ex[reference]
-        DRAW[kind](examples, snakemake.output[0], title=f"prediction vs {reference}")
+        DRAW[kind](examples, snakemake.output[0], reference=reference)
     else:
-        DRAW[kind](examples, snakemake.output[0])
+        DRAW[kind](examples, snakemake.output[0], threshold=p.threshold, reference=reference)
