@@ -27,10 +27,10 @@ NO_COLOUR["hue"] = 0
 
 
 def _demo(size, index=0, positive=True):
-    """A synthetic H&E image and its mask, cropped to ``size``."""
+    """A synthetic H&E image and its boolean mask, cropped to ``size``."""
     rgb, truth = render(DemoSpec(n_images=4, size=160, seed=3), index, positive)
     h, w = size
-    return np.ascontiguousarray(rgb[:h, :w]), np.ascontiguousarray(truth[:h, :w])
+    return np.ascontiguousarray(rgb[:h, :w]), np.ascontiguousarray(truth[:h, :w] > 0)
 
 
 # --------------------------------------------------------------------------------------------
