@@ -32,7 +32,7 @@ TINY_PRETRAIN = {"epochs": 2, "batch_size": 3, "crop_size": 32, "device": "cpu"}
 def _tissue(seed: int, shape=(40, 48)) -> np.ndarray:
     """A crop (at most 64 px) of a demo image: tissue rendered from haematoxylin and eosin
     concentrations (Beer-Lambert), so its colours lie inside the H&E gamut."""
-    image, _ = render(DemoSpec(size=64, seed=seed), 0, positive=bool(seed % 2))
+    image, _ = render(DemoSpec(size=64, seed=seed), 0, bool(seed % 2))
     return np.ascontiguousarray(image[: shape[0], : shape[1]])
 
 
