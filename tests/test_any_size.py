@@ -160,7 +160,7 @@ def test_classifier_trains_on_crops_of_any_size_and_predicts_whole_images(tmp_pa
     paths = [p for p, _ in items]
     batched = classifier.predict(model, paths, batch_size=4)
     alone = classifier.predict(model, paths, batch_size=1)
-    assert batched.shape == (10,)
+    assert batched.shape == (10, 1)  # one column per foreground class
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from histo_wsss.classes import LabelSpace
 from histo_wsss.dataset import _mask_problem
 from histo_wsss.io import read_mask, scale_mask, write_csv, write_png
 from histo_wsss.qupath import GeoJSONError, Label, rasterize, read_geojson
@@ -105,7 +106,9 @@ def read_correction(
     mask does, or names a class that is not one of ``labels``."""
     path = str(path)
     if Path(path).suffix.lower() == ".png":
-        problem = _mask_problem(Path(path), (size[1], size[0]))
+        # a PNG correction is a binary mask (0 and one positive value), as a binary dataset's
+        space = LabelSpace(tuple(label.name for label in labels))
+        problem = _mask_problem(Path(path), (size[1], size[0]), space)
         if problem:
             raise CorrectionError(f"{path}: {problem}")
         return read_mask(path), []
