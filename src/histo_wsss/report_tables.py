@@ -145,12 +145,13 @@ def json_table(data: Mapping) -> tuple[dict, pd.DataFrame]:
 def write_table_page(source: str | os.PathLike, path: str | os.PathLike, title: str) -> None:
     """Render the CSV or JSON file ``source`` as :func:`page` ``title`` into ``path``
     (atomically). A ``.json`` file goes through :func:`json_table`; anything else is read as a
-    CSV."""
+    CSV, less its ``seconds`` column (a job's wall time per row: it differs from run to run,
+    and the report's tables, like every other result, are byte-identical across runs)."""
     source = Path(source)
     if source.suffix == ".json":
         facts, table = json_table(json.loads(source.read_text()))
     else:
-        facts, table = {}, pd.read_csv(source)
+        facts, table = {}, pd.read_csv(source).drop(columns="seconds", errors="ignore")
     text = page(title, source.as_posix(), table, facts)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
