@@ -59,6 +59,8 @@ rule review_queue:
         pseudo=shard_dirs("pseudo_masks"),
         corrections=CORRECTION_TARGETS,
         stain=shard_dirs("stain"),
+        qupath=shard_dirs("qupath"),
+        manifest=MANIFEST,
     output:
         queue=f"{RESULTS}/review/queue.csv",
         sheet=report(
@@ -76,13 +78,8 @@ rule review_queue:
     resources:
         mem_mb=2000,
     params:
-        originals=SAMPLE_IMAGES,
-        images=sample_files("stain", "images"),
-        pseudo=sample_files("pseudo_masks", "masks"),
-        geojson={
-            kind: sample_files("qupath", kind, ".geojson")
-            for kind in ("pseudo_masks", "predictions")
-        },
+        # the files are found in the input folders (shard_files), not listed here: the report
+        # prints a figure's params in its info panel
         review=config["review"],
         threshold=config["segmentation"]["threshold"],
         positive_class=config["dataset"]["positive_class"],
