@@ -1,13 +1,27 @@
-"""Tests of the binary segmentation metrics, with hand-counted values."""
+"""Tests of the segmentation metrics (binary and K-class), with hand-counted values."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from histo_wsss.metrics import METRICS, confusion, scores, scores_from_counts
+from histo_wsss.metrics import (
+    CONFUSION_COLUMNS,
+    METRICS,
+    confusion,
+    confusion_rows,
+    foreground_counts,
+    frequency_weighted_iou,
+    label_confusion,
+    label_counts,
+    mean_iou,
+    pooled_confusion,
+    scores,
+    scores_from_counts,
+)
 
 
 def grid(rows: list[str]) -> np.ndarray:
@@ -123,3 +137,54 @@ def test_scores_from_counts_scalars_and_conventions():
         np.array([0, 2]), np.array([0, 2]), np.array([0, 2]), np.array([5, 10])
     )
     np.testing.assert_allclose(arr["iou"], [1.0, 1 / 3])
+
+
+# Label maps: 0 background, 1..K classes, 255 unlabelled (reference only).
+LABELS_TRUTH = np.array([[0, 0, 1, 1], [0, 2, 2, 1], [255, 2, 2, 0]], np.uint8)
+LABELS_PRED = np.array([[0, 1, 1, 1], [0, 2, 1, 1], [2, 2, 0, 0]], np.uint8)
+
+
+def test_label_confusion_by_hand_leaves_unlabelled_pixels_out():
+    cm = label_confusion(LABELS_PRED, LABELS_TRUTH, 3)
+    # truth 0 at (0,0) (0,1) (1,0) (2,3): predicted 0, 1, 0, 0
+    # truth 1 at (0,2) (0,3) (1,3): all predicted 1
+    # truth 2 at (1,1) (1,2) (2,1) (2,2): predicted 2, 1, 2, 0; (2,0) is unlabelled
+    assert cm.tolist() == [[3, 1, 0], [0, 3, 0], [1, 1, 2]]
+    tp, fp, fn, tn = label_counts(cm)
+    assert tp.tolist() == [3, 3, 2] and fp.tolist() == [1, 2, 0] and fn.tolist() == [1, 0, 2]
+    assert (tp + fp + fn + tn).tolist() == [11, 11, 11]
+    # foreground = labels 1 and 2: tp 6 (a class-2 pixel taken for class 1 still counts)
+    assert foreground_counts(cm) == (6, 1, 1, 3)
+
+
+def test_mean_and_frequency_weighted_iou_by_hand():
+    cm = label_confusion(LABELS_PRED, LABELS_TRUTH, 3)
+    iou = [3 / 5, 3 / 5, 2 / 4]
+    assert mean_iou(cm) == pytest.approx(np.mean(iou))
+    assert frequency_weighted_iou(cm) == pytest.approx((4 * iou[0] + 3 * iou[1] + 4 * iou[2]) / 11)
+    # a label the reference lacks is left out of the mean: no background in the reference
+    no_bg = label_confusion(np.array([[1, 2]]), np.array([[1, 2]]), 3)
+    assert mean_iou(no_bg) == 1.0
+    assert math.isnan(mean_iou(np.zeros((2, 2), int)))
+
+
+def test_binary_label_maps_score_as_boolean_masks():
+    cm = label_confusion(PRED.astype(np.uint8), TARGET.astype(np.uint8), 2)
+    assert foreground_counts(cm) == confusion(PRED, TARGET)
+    assert scores_from_counts(*foreground_counts(cm)) == scores(PRED, TARGET)
+
+
+def test_confusion_rows_pool_back_to_the_summed_matrix():
+    a = label_confusion(LABELS_PRED, LABELS_TRUTH, 3)
+    b = label_confusion(LABELS_TRUTH.clip(0, 2), LABELS_TRUTH, 3)
+    rows = pd.DataFrame(confusion_rows(a, name="a") + confusion_rows(b, name="b"))
+    assert list(rows.columns) == ["name", *CONFUSION_COLUMNS]
+    assert (pooled_confusion(rows, 3) == a + b).all()
+    assert (pooled_confusion(rows[rows["name"] == "b"], 3) == b).all()
+
+
+def test_label_confusion_rejects_labels_out_of_range():
+    with pytest.raises(ValueError, match=r"pred holds label\(s\) \[3\] outside 0..2"):
+        label_confusion(np.array([[3]]), np.array([[0]]), 3)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        label_confusion(np.zeros((2, 2)), np.zeros((2, 3)), 2)

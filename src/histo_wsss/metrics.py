@@ -1,4 +1,4 @@
-"""Binary segmentation metrics on boolean masks.
+"""Segmentation metrics: binary ones on boolean masks, and K-class ones on label maps.
 
 Definitions (``tp``, ``fp``, ``fn``, ``tn`` are pixel counts, foreground = ``True``)::
 
@@ -25,6 +25,17 @@ recall, IoU and Dice.) Pass ``zero_division=float("nan")`` to mark undefined rat
 aggregate with ``np.nanmean``. For dataset-level ("pooled") scores, sum the counts over images
 and call :func:`scores_from_counts`. :func:`image_scores` leaves the ratios of a negative image
 (empty reference by its label) undefined.
+
+Label maps (:mod:`histo_wsss.classes`: 0 background, ``c`` in 1..K a class, 255 unlabelled) are
+scored through a **confusion matrix** over the labels 0..K (:func:`label_confusion`: rows the
+reference, columns the prediction; unlabelled reference pixels left out). Per label, its
+one-vs-rest counts give the metrics above (:func:`label_counts`); the **foreground** counts
+(:func:`foreground_counts`: any class vs background, the positive class when K = 1) give the
+binary scores of a label map. :func:`mean_iou` is the mean IoU over the labels the reference
+holds (background included where it does: GlaS's gland + background; WSSS4LUAD's unlabelled
+non-tissue is no label) and :func:`frequency_weighted_iou` weighs each by its pixel share of the
+reference. Pool matrices (sum them) before scoring a dataset; :func:`confusion_rows` and
+:func:`pooled_confusion` store them in a long table and sum them back.
 """
 
 from __future__ import annotations
@@ -33,6 +44,9 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
+
+from histo_wsss.classes import IGNORE
 
 METRICS = ("iou", "dice", "precision", "recall", "pixel_accuracy")
 #: Ratios that are only 1 or 0 on a negative image (its reference is empty): they say whether
@@ -114,3 +128,84 @@ def image_scores(counts: Iterable[int], positive: bool) -> dict:
     if not positive:
         out.update(dict.fromkeys(UNDEFINED_ON_NEGATIVES, math.nan))
     return out
+
+
+def label_confusion(pred: np.ndarray, target: np.ndarray, n_labels: int) -> np.ndarray:
+    """int64 ``(n_labels, n_labels)`` matrix: ``[t, p]`` counts pixels of reference label ``t``
+    predicted as ``p``; reference pixels of :data:`IGNORE` are left out. Both maps hold labels
+    ``0 .. n_labels - 1`` (``target`` may hold :data:`IGNORE` too); anything else is an error."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"shape mismatch: pred {pred.shape} vs target {target.shape}")
+    pred, target = pred.astype(np.int64).ravel(), target.astype(np.int64).ravel()
+    keep = target != IGNORE
+    pred, target = pred[keep], target[keep]
+    for what, values in (("pred", pred), ("target", target)):
+        if values.size and (values.min() < 0 or values.max() >= n_labels):
+            bad = sorted(int(v) for v in set(np.unique(values)) - set(range(n_labels)))
+            raise ValueError(f"{what} holds label(s) {bad} outside 0..{n_labels - 1}")
+    flat = np.bincount(target * n_labels + pred, minlength=n_labels * n_labels)
+    return flat.reshape(n_labels, n_labels).astype(np.int64)
+
+
+def label_counts(cm: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(tp, fp, fn, tn)``, int64 arrays with one entry per label: label ``l`` against the
+    rest (``tp`` the diagonal, ``fp`` the rest of its column, ``fn`` the rest of its row)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = cm.sum() - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def foreground_counts(cm: np.ndarray) -> tuple[int, int, int, int]:
+    """``(tp, fp, fn, tn)`` of foreground (any label > 0) against background (label 0): the
+    positive class's counts when there is one class."""
+    cm = np.asarray(cm, dtype=np.int64)
+    tp, fp, fn, tn = cm[1:, 1:].sum(), cm[0, 1:].sum(), cm[1:, 0].sum(), cm[0, 0]
+    return int(tp), int(fp), int(fn), int(tn)
+
+
+def _present_iou(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    tp, fp, fn, _ = label_counts(cm)
+    support = np.asarray(cm).sum(axis=1)
+    iou = _ratio(tp, tp + fp + fn, 1.0)
+    return iou, support
+
+
+def mean_iou(cm: np.ndarray) -> float:
+    """Mean IoU over the labels that the reference holds (NaN when it holds none)."""
+    iou, support = _present_iou(cm)
+    return float(iou[support > 0].mean()) if (support > 0).any() else math.nan
+
+
+def frequency_weighted_iou(cm: np.ndarray) -> float:
+    """IoU of each label weighted by its share of the reference's pixels (NaN when empty)."""
+    iou, support = _present_iou(cm)
+    total = support.sum()
+    return float((iou * support).sum() / total) if total else math.nan
+
+
+CONFUSION_COLUMNS = ("truth_label", "pred_label", "pixels")
+
+
+def confusion_rows(cm: np.ndarray, **keys: object) -> list[dict]:
+    """The non-zero cells of ``cm`` as rows ``{**keys, truth_label, pred_label, pixels}``."""
+    cm = np.asarray(cm)
+    return [
+        {**keys, "truth_label": int(t), "pred_label": int(p), "pixels": int(cm[t, p])}
+        for t, p in zip(*np.nonzero(cm), strict=True)
+    ]
+
+
+def pooled_confusion(rows: pd.DataFrame, n_labels: int) -> np.ndarray:
+    """The sum of the matrices stored as :func:`confusion_rows` in ``rows``."""
+    cm = np.zeros((n_labels, n_labels), dtype=np.int64)
+    if len(rows):
+        np.add.at(
+            cm,
+            (rows["truth_label"].to_numpy(int), rows["pred_label"].to_numpy(int)),
+            rows["pixels"].to_numpy(np.int64),
+        )
+    return cm
