@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,9 @@ MAX_LISTED = 20
 # and the classifier must see both classes in training and in validation.
 MIN_CLASS_IMAGES = 2
 IMAGE_LABEL_SOURCES = ("csv", "masks")
+# Threads that read the dataset's files when they are checked: PIL decodes, zlib inflates and
+# checksums with the GIL released (benchmarks/validation.py, docs/benchmarks.md section 7).
+CHECK_THREADS = min(8, os.cpu_count() or 1)
 
 
 class DatasetError(ValueError):
@@ -160,18 +164,17 @@ def _image_problem(path: Path) -> tuple[str | None, tuple[int, int]]:
 
 
 def _file_problems(
-    image: Path, mask: Path | None, space: LabelSpace, trusted: bool, mask_tags: bool
+    image: Path, mask: Path | None, trusted: bool, space: LabelSpace
 ) -> tuple[list[str], tuple[str, ...]]:
     """What is wrong with an image and its mask (``None``: no mask folder), and the classes the
     mask holds (:meth:`LabelSpace.check_mask`: one decode gives both). ``trusted``: files that an
-    earlier manifest lists unchanged, not checked again; their mask is read only when
-    ``mask_tags`` asks for its classes."""
+    earlier manifest lists unchanged: not checked again, only the mask read for its classes."""
     size = None
     if not trusted:
         problem, size = _image_problem(image)
         if problem:
             return [problem], ()
-    if mask is None or (trusted and not mask_tags):
+    if mask is None:
         return [], ()
     problem, tags = space.check_mask(mask, size)
     return [problem] if problem else [], tags
@@ -244,6 +247,29 @@ def _class_counts(spec: DatasetSpec, labels: pd.Series, tags: pd.Series) -> dict
     return {c: int(tag_sets.map(lambda t, c=c: c in t).sum()) for c in spec.classes}
 
 
+def _read_files(
+    spec: DatasetSpec,
+    names: Sequence[str],
+    masks: Sequence[Path | None],
+    checked: Collection[tuple[str, ...]],
+    from_masks: bool,
+) -> dict[int, tuple[list[str], tuple[str, ...]]]:
+    """:func:`_file_problems` of each row that names a file, by row index, for the files that
+    ``checked`` does not hold unchanged, and for every mask when the labels come from the masks
+    (``from_masks``), in :data:`CHECK_THREADS` threads."""
+    to_read = {}  # row index: (image, mask, trusted)
+    for i, (name, mask) in enumerate(zip(names, masks, strict=True)):
+        if name:
+            image = spec.images / name
+            trusted = bool(checked) and _files_key(image, mask) in checked
+            if not trusted or from_masks:
+                to_read[i] = (image, mask, trusted)
+    space = spec.label_space
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        found = pool.map(lambda files: _file_problems(*files, space), to_read.values())
+        return dict(zip(to_read, found, strict=True))
+
+
 def load_labels(
     spec: DatasetSpec,
     checked: Collection[tuple[str, ...]] = (),
@@ -301,6 +327,7 @@ def load_labels(
     )
     masks = [spec.masks / f"{stem}.png" if spec.masks is not None else None for stem in stems]
     from_masks = spec.image_labels == "masks"
+    files = _read_files(spec, names, masks, checked, from_masks)
     problems: list[str] = []
     tags = []
     rows = zip(names, stems, cells, partitions, duplicated, stem_clash, masks, strict=True)
@@ -319,11 +346,8 @@ def load_labels(
         errs.extend(tag_errs)
         if partition not in PARTITIONS:
             errs.append(f"unknown partition {partition!r} (expected train or test)")
-        if name:
-            image = spec.images / name
-            trusted = bool(checked) and _files_key(image, mask) in checked
-            file_errs, mask_tags = _file_problems(image, mask, space, trusted, from_masks)
-            errs.extend(file_errs)
+        file_errs, mask_tags = files.get(i, ([], ()))
+        errs.extend(file_errs)
         if not errs and from_masks:
             tags[-1] = space.join(mask_tags)
             if spec.format == "tags" and not tags[-1]:
