@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -82,7 +81,7 @@ class LabelSpace:
         channel: mode L or P) the class indices and the ignore index.
         """
         allowed = self.mask_values()
-        if not Path(path).is_file():
+        if not os.path.isfile(path):
             return f"mask file not found: {path}", ()
         try:
             with open_image(path) as m:
