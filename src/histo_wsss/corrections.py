@@ -24,7 +24,6 @@ import pandas as pd
 from PIL import Image
 
 from histo_wsss.classes import LabelSpace
-from histo_wsss.dataset import _mask_problem
 from histo_wsss.io import read_mask, scale_mask, write_csv, write_png
 from histo_wsss.qupath import GeoJSONError, Label, rasterize, read_geojson
 
@@ -108,7 +107,7 @@ def read_correction(
     if Path(path).suffix.lower() == ".png":
         # a PNG correction is a binary mask (0 and one positive value), as a binary dataset's
         space = LabelSpace(tuple(label.name for label in labels))
-        problem = _mask_problem(Path(path), (size[1], size[0]), space)
+        problem, _ = space.check_mask(path, (size[1], size[0]))
         if problem:
             raise CorrectionError(f"{path}: {problem}")
         return read_mask(path), []
