@@ -25,14 +25,16 @@ the curve on held-out images (seed 002's table); nothing here tunes a setting.
 
 Each arm works in its own copy of ``--base`` under ``results/hitl/``; the table goes to
 ``benchmarks/results/human_in_the_loop.json`` and the plot to
-``docs/figures/human_in_the_loop.png``.
+``docs/figures/human_in_the_loop.png`` (``--plot-only`` redraws it from the saved table).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -41,12 +43,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from common import ENV, REPO, SNAKEMAKE, report
+from common import ENV, REPO, RESULTS, SNAKEMAKE, report
 
 PRESET = REPO / "config" / "glas.yaml"
 MASKS = REPO.parent / "shared" / "data" / "glas-train" / "masks"
 TARGETS = ("segmentation/evaluation.json", "review/queue.csv")
 ARMS = ("automated", "queue", "random", "supervised")
+FIGURE = REPO / "docs" / "figures" / "human_in_the_loop.png"
 
 
 def round_sizes(n_train: int, shares: list[float]) -> list[int]:
@@ -71,7 +74,17 @@ def retrain(folder: Path, overrides: dict, cores: int) -> float:
     cmd += ["--rerun-triggers", "mtime", "--forcerun", "corrections", "train_segmentation"]
     start = time.perf_counter()
     with open(folder / "hitl.log", "a") as log:
-        subprocess.run(cmd, cwd=REPO, env=ENV, check=True, stdout=log, stderr=subprocess.STDOUT)
+        # its own process group: an interrupted benchmark takes its jobs with it
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            code = proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    if code:
+        raise RuntimeError(f"snakemake failed ({code}): {folder / 'hitl.log'}")
     return time.perf_counter() - start
 
 
@@ -146,7 +159,11 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.axhline(auto, color="grey", ls=":", lw=1, label="automated (0 %)")
     ax.set_xlabel("train images corrected (%)")
     ax.set_ylabel("test IoU vs real masks (positives, mean)")
-    ax.set_title("GlaS: review rounds, queue vs random", fontsize=10)
+    seeds, epochs = table["seed"].nunique(), table.attrs.get("epochs", "?")
+    ax.set_title(
+        f"GlaS review rounds: queue vs random ({seeds} seed(s), {epochs} epochs a retraining)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,13 +173,26 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="a finished glas.yaml run")
+    parser.add_argument("--base", type=Path, help="a finished glas.yaml run (required to run)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw the plot from the saved results"
+    )
     args = parser.parse_args()
+    saved = RESULTS / "human_in_the_loop.json"
+    if args.plot_only:
+        payload = json.loads(saved.read_text())
+        table = pd.DataFrame(payload["rows"])
+        table.attrs["epochs"] = payload["epochs"]
+        plot(table, FIGURE)
+        print(table.to_markdown(index=False, floatfmt=".3f"))
+        return
+    if args.base is None:
+        parser.error("--base is required to run the rounds")
     args.base = args.base.resolve()
     split = pd.read_csv(args.base / "split" / "split.csv", dtype={"name": str})
     train = sorted(split.loc[split["split"] == "train", "name"])
@@ -172,7 +202,8 @@ def main() -> None:
         for arm in sorted(args.arms, key=ARMS.index):  # automated first: the others copy it
             rows.extend(run_arm(arm, seed, args, sizes, train))
     table = pd.DataFrame(rows)
-    plot(table, REPO / "docs" / "figures" / "human_in_the_loop.png")
+    table.attrs["epochs"] = args.epochs
+    plot(table, FIGURE)
     notes = {"base": str(args.base), "epochs": args.epochs, "train_images": len(train)}
     report("human_in_the_loop", rows, notes)
 
