@@ -18,10 +18,12 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_multiclass_run(tmp_path_factory):
-    """A run of the real Snakefile on the tiny multi-class demo (config/demo_multiclass.yaml and
-    the tiny settings) to its final outputs (shared; tests leave it complete)."""
+    """A run of the real Snakefile on the tiny multi-class demo (config/config.yaml, then
+    config/demo_multiclass.yaml, then the tiny settings) to its final outputs (shared; tests
+    leave it complete)."""
     workdir = tmp_path_factory.mktemp("tiny_multiclass")
     # 20 train+val images in 6 tag-set strata: a val split of 0.3 holds one of each
     config = {**TINY, "split": {"val_fraction": 0.3}}
-    snakemake(workdir, "--cores", "2", config=config, base=REPO / "config" / "demo_multiclass.yaml")
+    base = [REPO / "config" / "config.yaml", REPO / "config" / "demo_multiclass.yaml"]
+    snakemake(workdir, "--cores", "2", config=config, base=base)
     return workdir
