@@ -1,6 +1,5 @@
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -407,14 +406,15 @@ CLASSES = ("tumor", "stroma", "lymphocytes")
 
 
 def test_save_cams_maps_each_tag_of_an_image(tmp_path, resnet3):
-    """K = 3: a channel per class, the map of each tag (as computed alone), zeros for the
-    classes not in the tags; one peak row per (image, tag); batches of (image, class) pairs
-    that split an image's tags give the same files."""
+    """K = 3: a channel per class, the map of each tag (as computed alone, also where the
+    batches of (image, class) pairs split an image's tags), zeros for the classes not in the
+    tags; one peak row per (image, tag)."""
     paths = _write_images(tmp_path, {"a": (64, 64), "b": (64, 64), "c": (48, 80)})
     tags = {"a": ["tumor", "lymphocytes"], "b": ["stroma"], "c": CLASSES}
     items = [(name, paths[name], tags[name]) for name in paths]
     cpu = torch.device("cpu")
-    peaks = save_cams(resnet3, items, tmp_path / "k3", CAM_CFG, cpu, CLASSES)
+    # batches of 2 pairs: c's three tags are split over two batches
+    peaks = save_cams(resnet3, items, tmp_path / "k3", {**CAM_CFG, "batch_size": 2}, cpu, CLASSES)
     assert list(zip(peaks["name"], peaks["class"], strict=True)) == [
         ("a", "tumor"), ("a", "lymphocytes"), ("b", "stroma"),
         ("c", "tumor"), ("c", "stroma"), ("c", "lymphocytes"),
@@ -442,15 +442,6 @@ def test_save_cams_maps_each_tag_of_an_image(tmp_path, resnet3):
         assert len({cams[k].tobytes() for k, c in enumerate(CLASSES) if c in image_tags}) == len(
             image_tags
         )  # each tag's own map
-    one_by_one = save_cams(
-        resnet3, items, tmp_path / "b1", {**CAM_CFG, "batch_size": 1}, cpu, CLASSES
-    )
-    pd.testing.assert_frame_equal(one_by_one, peaks)
-    for name in tags:
-        np.testing.assert_allclose(
-            np.load(tmp_path / "b1" / f"{name}.npy"), np.load(tmp_path / "k3" / f"{name}.npy"),
-            atol=1e-3,
-        )  # fmt: skip
 
 
 def test_the_cam_is_constant_across_each_border_strip_of_half_a_feature_cell(resnet):
