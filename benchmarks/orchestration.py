@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from common import WORK, dataset, folder_config, report, snakemake
+from histo_wsss.classes import LabelSpace
 from histo_wsss.io import read_mask
 from histo_wsss.pseudo_masks import Item, refine_images
 from histo_wsss.refine import RefineParams
@@ -59,7 +60,7 @@ def _fake_cams(workdir: Path, data: Path, names: list[str]) -> None:
         cam = np.clip(cam / max(cam.max(), 1e-6), 0, 1).astype(np.float16)
         folder = workdir / "results" / "cam" / "shards" / str(shard_of(name, CAM_SHARDS)) / "cams"
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"{name}.npy", cam)
+        np.save(folder / f"{name}.npy", cam[None])  # K = 1
     classifier = workdir / "results" / "classifier"
     classifier.mkdir(parents=True, exist_ok=True)
     (classifier / "model.pt").touch()
@@ -92,7 +93,7 @@ def _normalize_part(args) -> None:
 
 def _refine_part(args) -> None:
     items, out = args
-    refine_images(items, RefineParams(), out, save_steps=True)
+    refine_images(items, RefineParams(), out, True, LabelSpace(("lesion",)))
 
 
 def _forked(fn, parts) -> float:
@@ -116,7 +117,7 @@ def raw_loops(run: dict, data: Path) -> dict:
         _normalize_part,
         [(h, [images[n] for n in h], scratch / f"stain{k}", target) for k, h in enumerate(halves)],
     )
-    split = read_split(workdir / "results" / "split" / "split.csv", "lesion")
+    split = read_split(workdir / "results" / "split" / "split.csv", ["lesion"])
     positive = dict(zip(split["name"], split["positive"], strict=True))
     stain = workdir / "results" / "stain" / "shards"
     cams = workdir / "results" / "cam" / "shards"
@@ -129,7 +130,7 @@ def raw_loops(run: dict, data: Path) -> dict:
             str(stain / str(k) / "images" / f"{n}.png"),
             str(stain / str(k) / "tissue" / f"{n}.png"),
             str(cams / str(shard_of(n, CAM_SHARDS)) / "cams" / f"{n}.npy"),
-            bool(positive[n]),
+            (0,) if positive[n] else (),
             str(data / "masks" / f"{n}.png"),
         )
 

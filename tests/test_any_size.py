@@ -12,6 +12,7 @@ from torchvision.models import resnet18
 from histo_wsss import classifier, segmentation
 from histo_wsss.batching import same_size_runs, size_batches
 from histo_wsss.cam import save_cams
+from histo_wsss.classes import LabelSpace
 from histo_wsss.classifier import preprocess
 from histo_wsss.demo import DemoSpec, render
 from histo_wsss.figures import error_maps, pseudo_mask_steps, segmentation_panels
@@ -101,16 +102,17 @@ def test_cams_have_each_images_size_and_do_not_depend_on_the_batch(tmp_path):
     items = []
     for i, (h, w) in enumerate(sizes):
         write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (h, w, 3), np.uint8))
-        items.append((f"im{i}", str(tmp_path / f"{i}.png"), 1))
+        items.append((f"im{i}", str(tmp_path / f"{i}.png"), ["lesion"]))
     torch.manual_seed(0)
     model = resnet18(weights=None, num_classes=1)
     cfg = {"method": "gradcam++", "n_samples": 1, "noise_sigma": 0, "seed": 0}
     cfg |= {"batch_size": 4, "smooth_activations": False}
-    save_cams(model, items, tmp_path / "batched", cfg, torch.device("cpu"))
-    save_cams(model, items, tmp_path / "alone", {**cfg, "batch_size": 1}, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    save_cams(model, items, tmp_path / "batched", cfg, cpu, ["lesion"])
+    save_cams(model, items, tmp_path / "alone", {**cfg, "batch_size": 1}, cpu, ["lesion"])
     for (name, _, _), size in zip(items, sizes, strict=True):
         cam = np.load(tmp_path / "batched" / f"{name}.npy")
-        assert cam.shape == size and cam.max() == 1
+        assert cam.shape == (1, *size) and cam.max() == 1
         alone = np.load(tmp_path / "alone" / f"{name}.npy").astype(np.float32)
         np.testing.assert_allclose(cam.astype(np.float32), alone, atol=2e-3)  # float16 files
 
@@ -123,10 +125,11 @@ def test_pseudo_masks_have_each_images_size(tmp_path):
         write_png(tmp_path / f"{i}_tissue.png", tissue_mask(rgb))
         write_png(tmp_path / f"{i}_truth.png", truth)
         cam = cv2.GaussianBlur(truth.astype(np.float32), (0, 0), 4)
-        np.save(tmp_path / f"{i}.npy", (cam / max(cam.max(), 1e-6)).astype(np.float16))
+        np.save(tmp_path / f"{i}.npy", (cam / max(cam.max(), 1e-6)).astype(np.float16)[None])
         files = [str(tmp_path / f"{i}{s}") for s in (".png", "_tissue.png", ".npy")]
-        items.append(Item(f"im{i}", *files, True, str(tmp_path / f"{i}_truth.png")))
-    table = refine_images(items, RefineParams(min_object_px=16), tmp_path / "out", True)
+        items.append(Item(f"im{i}", *files, (0,), str(tmp_path / f"{i}_truth.png")))
+    params = RefineParams(min_object_px=16)
+    table, _ = refine_images(items, params, tmp_path / "out", True, LabelSpace(("lesion",)))
     for item, size in zip(items, ODD, strict=True):
         assert read_mask(tmp_path / "out" / "masks" / f"{item.name}.png").shape == size
         for step in STEPS[:-1]:

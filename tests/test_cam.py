@@ -4,14 +4,21 @@ import pytest
 import torch
 import torchvision
 from pytorch_grad_cam import GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from histo_wsss.cam import (
     CAM_METHODS,
-    BinaryLogitTarget,
+    SmoothGradCAMPlusPlus,
     compute_cams,
+    image_seed,
+    peak_hits,
     resnet_target_layer,
+    save_cams,
 )
+from histo_wsss.classes import LabelSpace
+from histo_wsss.classifier import preprocess
+from histo_wsss.io import read_rgb, write_png
 
 SQUARE = 16
 
@@ -21,24 +28,26 @@ class BrightSquareNet(nn.Module):
 
     ``detect`` fires only where a whole 3x3x3 neighbourhood is bright, ``pool`` downsamples by 4
     (so the CAM must be upsampled), ``features`` (the usual target layer) has positive weights
-    and ``fc`` a positive weight: the positive logit's evidence is exactly the bright square.
+    and ``fc`` a positive weight: the first logit's evidence is exactly the bright square. With
+    ``n_classes=2`` the second logit is the first one negated: no channel supports it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, n_classes: int = 1) -> None:
         super().__init__()
         self.detect = nn.Conv2d(3, 1, 3, padding=1)
         self.relu = nn.ReLU()
         self.pool = nn.AvgPool2d(4)
         self.features = nn.Conv2d(1, 4, 3, padding=1)
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4, 1)
+        self.fc = nn.Linear(4, n_classes)
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             self.detect.weight.fill_(1.0 / 27)
             self.detect.bias.fill_(-0.5)
             self.features.weight.copy_(0.5 + torch.rand(4, 1, 3, 3, generator=gen))
             self.features.bias.zero_()
-            self.fc.weight.copy_(0.5 + torch.rand(1, 4, generator=gen))
+            weight = 0.5 + torch.rand(1, 4, generator=gen)
+            self.fc.weight.copy_(torch.cat([weight, -weight])[:n_classes])
             self.fc.bias.fill_(-1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,12 +78,19 @@ def resnet() -> nn.Module:
     return torchvision.models.resnet18(weights=None, num_classes=1).eval()
 
 
+@pytest.fixture(scope="module")
+def resnet3() -> nn.Module:
+    """A three-class (multi-label) classifier."""
+    torch.manual_seed(1)
+    return torchvision.models.resnet18(weights=None, num_classes=3).eval()
+
+
 @pytest.mark.parametrize("method", CAM_METHODS)
 @pytest.mark.parametrize(("height", "width"), [(64, 96), (96, 64)])
 def test_cam_localises_known_evidence(method, height, width):
     net = BrightSquareNet()
     images, masks = square_batch(3, height, width, seed=height + width)
-    cams = compute_cams(net, net.features, images, [1, 1, 1], method=method, n_samples=4)
+    cams = compute_cams(net, net.features, images, [0, 0, 0], method=method, n_samples=4)
     assert cams.shape == (3, height, width)
     assert cams.dtype == np.float32
     for cam, mask in zip(cams, masks, strict=True):
@@ -87,24 +103,31 @@ def test_cam_localises_known_evidence(method, height, width):
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)
-def test_negative_target_without_support_gives_zero_map(method):
-    """Label 0 asks for the NEGATED logit, which no channel of BrightSquareNet supports."""
-    net = BrightSquareNet()
-    images, _ = square_batch(2, 64, 96, seed=1)
-    cams = compute_cams(net, net.features, images, [0, 1], method=method, n_samples=2)
+def test_a_class_without_support_gives_zero_map(method):
+    """Class 1 of the two-class BrightSquareNet is the negated logit of class 0: no channel
+    supports it. The same image twice, once per class, gives each class's map."""
+    net = BrightSquareNet(n_classes=2)
+    images, _ = square_batch(1, 64, 96, seed=1)
+    cams = compute_cams(net, net.features, images.repeat(2, 1, 1, 1), [1, 0], method=method)
     assert np.isfinite(cams).all()
     assert np.all(cams[0] == 0.0)
     assert cams[1].max() == pytest.approx(1.0)
+    one = BrightSquareNet()
+    alone = compute_cams(one, one.features, images, [0], method=method)
+    np.testing.assert_allclose(cams[1], alone[0], atol=1e-5)  # the one-class net's map
 
 
-def test_target_sign():
-    out = torch.tensor([1.5])
-    assert BinaryLogitTarget(1)(out).item() == 1.5
-    assert BinaryLogitTarget(0)(out).item() == -1.5
-    with pytest.raises(ValueError):
-        BinaryLogitTarget(1)(torch.tensor([1.0, 2.0]))
-    with pytest.raises(ValueError):
-        BinaryLogitTarget(2)
+def test_one_class_target_is_the_binary_logit(resnet):
+    """K = 1: the target, ClassifierOutputTarget(0), is the classifier's one logit, as the binary
+    workflow's own target was (``+logit`` of a positive image): same maps."""
+    assert ClassifierOutputTarget(0)(torch.tensor([1.5])).item() == 1.5
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(4))
+    layer = resnet_target_layer(resnet)
+    cam = GradCAMPlusPlus(resnet, [layer])
+    direct = cam(x, [lambda out: out.reshape(())] * 2)  # the binary target: the one logit
+    cam.activations_and_grads.release()
+    got = compute_cams(resnet, layer, x, [0, 0], method="gradcam++")
+    np.testing.assert_allclose(got, direct, atol=1e-5)
 
 
 # The noise only matters where the gradient at the target layer depends on the input: not for a
@@ -115,9 +138,11 @@ SMOOTH = {"method": "smoothgradcam++", "n_samples": 4, "noise_sigma": 0.15}
 
 
 @pytest.mark.parametrize("smooth_activations", [False, True])
-def test_batched_equals_one_by_one(resnet, smooth_activations):
+def test_batched_equals_one_by_one(resnet3, smooth_activations):
+    resnet = resnet3
     images = torch.randn(4, 3, 64, 80, generator=torch.Generator().manual_seed(3))
-    labels = [1, 0, 1, 1]
+    images[3] = images[0]  # an image with two tags: two (image, class) pairs
+    labels = [2, 0, 1, 1]
     kwargs = dict(SMOOTH, smooth_activations=smooth_activations)
     layer = resnet.layer3[-1] if not smooth_activations else resnet_target_layer(resnet)
     # one seed shared by all images
@@ -143,27 +168,28 @@ def test_determinism_and_seed_dependence(resnet, smooth_activations):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     layer = resnet.layer3[-1] if not smooth_activations else resnet_target_layer(resnet)
     kwargs = dict(SMOOTH, smooth_activations=smooth_activations)
-    a = compute_cams(resnet, layer, x, [1, 1], seed=0, **kwargs)
-    b = compute_cams(resnet, layer, x, [1, 1], seed=0, **kwargs)
-    c = compute_cams(resnet, layer, x, [1, 1], seed=1, **kwargs)
+    a = compute_cams(resnet, layer, x, [0, 0], seed=0, **kwargs)
+    b = compute_cams(resnet, layer, x, [0, 0], seed=0, **kwargs)
+    c = compute_cams(resnet, layer, x, [0, 0], seed=1, **kwargs)
     assert np.array_equal(a, b)
     diff = np.abs(a - c)
     assert diff.max() > 1e-3, "a different seed should change Smooth Grad-CAM++"
     assert diff.mean() < 0.05, "... but only slightly"
-    plain = compute_cams(resnet, layer, x, [1, 1], method="gradcam++")
+    plain = compute_cams(resnet, layer, x, [0, 0], method="gradcam++")
     assert np.abs(a - plain).max() > 1e-3, "with noise it should differ from Grad-CAM++"
 
 
-def test_smooth_without_noise_equals_gradcam_plus_plus(resnet):
+def test_smooth_without_noise_equals_gradcam_plus_plus(resnet3):
+    resnet = resnet3
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(6))
     layer = resnet_target_layer(resnet)
-    ref = compute_cams(resnet, layer, x, [1, 0], method="gradcam++")
+    ref = compute_cams(resnet, layer, x, [2, 0], method="gradcam++")
     for smooth_activations in (False, True):
         got = compute_cams(
             resnet,
             layer,
             x,
-            [1, 0],
+            [2, 0],
             method="smoothgradcam++",
             n_samples=1,
             noise_sigma=0.0,
@@ -172,15 +198,15 @@ def test_smooth_without_noise_equals_gradcam_plus_plus(resnet):
         np.testing.assert_allclose(got, ref, atol=1e-5)
     # also against pytorch-grad-cam's own class, called directly
     cam = GradCAMPlusPlus(resnet, [layer])
-    direct = cam(x, [BinaryLogitTarget(1), BinaryLogitTarget(0)])
+    direct = cam(x, [ClassifierOutputTarget(2), ClassifierOutputTarget(0)])
     cam.activations_and_grads.release()
     np.testing.assert_allclose(got, direct, atol=1e-5)
 
     net = BrightSquareNet()
     images, _ = square_batch(2, 64, 96, seed=8)
-    ref = compute_cams(net, net.detect, images, [1, 1], method="gradcam++")
+    ref = compute_cams(net, net.detect, images, [0, 0], method="gradcam++")
     got = compute_cams(
-        net, net.detect, images, [1, 1], method="smoothgradcam++", n_samples=1, noise_sigma=0.0
+        net, net.detect, images, [0, 0], method="smoothgradcam++", n_samples=1, noise_sigma=0.0
     )
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert ref.max() == pytest.approx(1.0)
@@ -229,7 +255,7 @@ def test_smooth_gradcam_pp_matches_formulas(resnet, smooth_activations):
     x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(13))
     layer = resnet.layer3[-1]
     kwargs = dict(n_samples=3, noise_sigma=0.2, smooth_activations=smooth_activations)
-    got = compute_cams(resnet, layer, x, [1, 1], seed=21, **kwargs)
+    got = compute_cams(resnet, layer, x, [0, 0], seed=21, **kwargs)
     for i in range(2):
         ref = _reference_smooth_gradcam_pp(resnet, layer, x[i], 3, 0.2, 21, smooth_activations)
         np.testing.assert_allclose(got[i], ref, atol=1e-4)
@@ -239,11 +265,11 @@ def test_gap_linear_head_makes_noise_irrelevant(resnet):
     """Documented caveat: at ResNet's layer4 the gradient is fc.weight / (h w) for any input."""
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
     layer = resnet_target_layer(resnet)
-    ref = compute_cams(resnet, layer, x, [1, 1], method="gradcam++")
-    noisy = compute_cams(resnet, layer, x, [1, 1], method="smoothgradcam++", n_samples=3)
+    ref = compute_cams(resnet, layer, x, [0, 0], method="gradcam++")
+    noisy = compute_cams(resnet, layer, x, [0, 0], method="smoothgradcam++", n_samples=3)
     np.testing.assert_allclose(noisy, ref, atol=1e-4)
     smoothed = compute_cams(
-        resnet, layer, x, [1, 1], method="smoothgradcam++", n_samples=3, smooth_activations=True
+        resnet, layer, x, [0, 0], method="smoothgradcam++", n_samples=3, smooth_activations=True
     )
     assert np.abs(smoothed - ref).max() > 1e-3
 
@@ -252,7 +278,7 @@ def test_resnet18_non_square_batch(resnet):
     x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(10))
     for method in CAM_METHODS:
         cams = compute_cams(
-            resnet, resnet_target_layer(resnet), x, [1, 1], method=method, n_samples=2
+            resnet, resnet_target_layer(resnet), x, [0, 0], method=method, n_samples=2
         )
         assert cams.shape == (2, 96, 128)
         assert cams.dtype == np.float32
@@ -268,7 +294,7 @@ def test_model_state_is_restored_and_no_grad_context_is_fine():
     images, masks = square_batch(2, 64, 96, seed=11)
     stats = bn.running_mean.clone()
     with torch.no_grad():
-        cams = compute_cams(model, net.features, images, [1, 1], n_samples=2)
+        cams = compute_cams(model, net.features, images, [0, 0], n_samples=2)
     assert cams.shape == (2, 64, 96) and cams.max() == pytest.approx(1.0)
     assert model.training and bn.training
     assert torch.equal(bn.running_mean, stats)  # evaluated in eval mode
@@ -283,79 +309,139 @@ def test_rejects_bad_arguments(resnet):
     net = BrightSquareNet()
     images, _ = square_batch(2, 64, 64, seed=12)
     with pytest.raises(ValueError, match="unknown CAM method"):
-        compute_cams(net, net.features, images, [1, 1], method="scorecam")
+        compute_cams(net, net.features, images, [0, 0], method="scorecam")
+    with pytest.raises(ValueError, match="got 1 classes for 2 images"):
+        compute_cams(net, net.features, images, [0], method="gradcam")
+    with pytest.raises(ValueError, match="class indices"):
+        compute_cams(net, net.features, images, [0, -1], method="gradcam")
+    with pytest.raises(ValueError, match="class indices"):
+        compute_cams(net, net.features, images, [0, 0.5], method="gradcam")
     with pytest.raises(ValueError):
-        compute_cams(net, net.features, images, [1], method="gradcam")
-    with pytest.raises(ValueError):
-        compute_cams(net, net.features, images, [1, 2], method="gradcam")
-    with pytest.raises(ValueError):
-        compute_cams(net, net.features, images, [1, 0.5], method="gradcam")
-    with pytest.raises(ValueError):
-        compute_cams(net, net.features, images, [1, 1], seed=[1, 2, 3])
-    two_logits = nn.Sequential(net, nn.Linear(1, 2))
-    with pytest.raises(ValueError, match="one logit"):
-        compute_cams(two_logits, net.features, images, [1, 1], method="gradcam")
+        compute_cams(net, net.features, images, [0, 0], seed=[1, 2, 3])
+    with pytest.raises(IndexError):  # the one-logit net has no class 1
+        compute_cams(net, net.features, images, [0, 1], method="gradcam")
     with pytest.raises(ValueError, match="layer4"):
         resnet_target_layer(net)
 
 
-def test_save_cams_writes_float16_maps_at_each_images_size(tmp_path):
-    from torchvision.models import resnet18
+CAM_CFG = {
+    "method": "smoothgradcam++",
+    "n_samples": 2,
+    "noise_sigma": 0.1,
+    "seed": 3,
+    "batch_size": 8,
+    "smooth_activations": True,
+}
 
-    from histo_wsss.cam import image_seed, peak_hits, save_cams
-    from histo_wsss.io import write_png
 
+def _write_images(tmp_path, sizes):
     rng = np.random.default_rng(0)
-    items = []
-    for name, (h, w) in [("a", (64, 64)), ("b", (64, 64)), ("c", (48, 80))]:
+    paths = {}
+    for name, (h, w) in sizes.items():
         write_png(tmp_path / f"{name}.png", rng.integers(0, 255, (h, w, 3), np.uint8))
-        items.append((name, str(tmp_path / f"{name}.png"), 1))
-    torch.manual_seed(0)
-    model = resnet18(weights=None, num_classes=1)
-    cfg = {
-        "method": "smoothgradcam++",
-        "n_samples": 2,
-        "noise_sigma": 0.1,
-        "seed": 3,
-        "batch_size": 8,
-        "smooth_activations": True,
-    }
-    peaks = save_cams(model, items, tmp_path / "cams", cfg, torch.device("cpu"))
-    assert list(peaks["name"]) == ["a", "b", "c"]
+        paths[name] = str(tmp_path / f"{name}.png")
+    return paths
+
+
+def test_save_cams_writes_float16_maps_at_each_images_size(tmp_path, resnet):
+    paths = _write_images(tmp_path, {"a": (64, 64), "b": (64, 64), "c": (48, 80)})
+    items = [(name, path, ["lesion"]) for name, path in paths.items()]
+    model, cfg, cpu = resnet, CAM_CFG, torch.device("cpu")
+    peaks = save_cams(model, items, tmp_path / "cams", cfg, cpu, ["lesion"])
+    assert list(peaks["name"]) == ["a", "b", "c"] and set(peaks["class"]) == {"lesion"}
     for name, (h, w) in [("a", (64, 64)), ("c", (48, 80))]:
         cam = np.load(tmp_path / "cams" / f"{name}.npy")
-        assert cam.dtype == np.float16 and cam.shape == (h, w)
+        assert cam.dtype == np.float16 and cam.shape == (1, h, w)
         assert 0 <= cam.min() and cam.max() <= 1
+    # K = 1 is the binary workflow's CAM: Smooth Grad-CAM++ of the one logit, with the image's
+    # seed, computed here straight from the class and the binary target
+    x = preprocess(read_rgb(paths["c"])[None])
+    direct = SmoothGradCAMPlusPlus(
+        model, [model.layer4[-1]], n_samples=2, noise_sigma=0.1, seed=image_seed(3, "c"),
+        smooth_activations=True,
+    )  # fmt: skip
+    with torch.enable_grad():
+        old = direct(x.requires_grad_(True), [lambda out: out.reshape(())])[0]
+    direct.activations_and_grads.release()
+    old = (old - old.min()) / (old.max() - old.min())
+    np.testing.assert_allclose(np.load(tmp_path / "cams" / "c.npy")[0], old, atol=1e-3)
     # an image's CAM does not depend on the batch it was in
-    alone = save_cams(model, items[2:], tmp_path / "alone", cfg, torch.device("cpu"))
+    alone = save_cams(model, items[2:], tmp_path / "alone", cfg, cpu, ["lesion"])
     assert np.array_equal(
         np.load(tmp_path / "alone" / "c.npy"), np.load(tmp_path / "cams" / "c.npy")
     )
     assert alone.iloc[0].to_dict() == peaks.iloc[2].to_dict()
-    # an empty shard (more shards than images) still has the table's columns
-    none = save_cams(model, [], tmp_path / "none", cfg, torch.device("cpu"))
+    # an empty shard (more shards than images) still has the table's columns; an image without
+    # tags gets no CAM
+    none = save_cams(model, [("a", paths["a"], [])], tmp_path / "none", cfg, cpu, ["lesion"])
     assert none.empty and list(none.columns) == list(peaks.columns)
+    assert not (tmp_path / "none").exists()
     assert image_seed(3, "a") == image_seed(3, "a") != image_seed(3, "b") != image_seed(4, "b")
-    # peak_hits reads each mask at the peak
+    # peak_hits reads each real label map at the peak
+    space = LabelSpace(("lesion",))
     masks = {}
     for row in peaks.itertuples():
-        mask = np.zeros((64, 64) if row.name != "c" else (48, 80), bool)
+        mask = np.zeros((64, 64) if row.name != "c" else (48, 80), np.uint8)
         if row.name != "b":
-            mask[row.peak_row, row.peak_col] = True
-        write_png(tmp_path / f"m{row.name}.png", mask)
+            mask[row.peak_row, row.peak_col] = 1
+        space.write_labels(tmp_path / f"m{row.name}.png", mask)
         masks[row.name] = str(tmp_path / f"m{row.name}.png")
-    assert peak_hits(peaks, masks).tolist() == [True, False, True]
+    assert peak_hits(peaks, masks, space).tolist() == [True, False, True]
     # the maps of several stages are averaged: layer3 + layer4 differs from layer4 alone, and
     # naming layer4 is the default
-    named = save_cams(model, items[2:], tmp_path / "l4", {**cfg, "layers": ["layer4"]}, "cpu")
+    layer4 = {**cfg, "layers": ["layer4"]}
+    named = save_cams(model, items[2:], tmp_path / "l4", layer4, "cpu", ["lesion"])
     assert np.array_equal(np.load(tmp_path / "l4" / "c.npy"), np.load(tmp_path / "cams" / "c.npy"))
     assert named.iloc[0].to_dict() == peaks.iloc[2].to_dict()
-    save_cams(model, items[2:], tmp_path / "l34", {**cfg, "layers": ["layer3", "layer4"]}, "cpu")
+    layer34 = {**cfg, "layers": ["layer3", "layer4"]}
+    save_cams(model, items[2:], tmp_path / "l34", layer34, "cpu", ["lesion"])
     assert not np.array_equal(
         np.load(tmp_path / "l34" / "c.npy"), np.load(tmp_path / "cams" / "c.npy")
     )
     with pytest.raises(ValueError, match="unknown ResNet stage 'fc'"):
-        save_cams(model, items[2:], tmp_path / "fc", {**cfg, "layers": ["fc"]}, "cpu")
+        save_cams(model, items[2:], tmp_path / "fc", {**cfg, "layers": ["fc"]}, "cpu", ["lesion"])
+
+
+CLASSES = ("tumor", "stroma", "lymphocytes")
+
+
+def test_save_cams_maps_each_tag_of_an_image(tmp_path, resnet3):
+    """K = 3: a channel per class, the map of each tag (as computed alone, also where the
+    batches of (image, class) pairs split an image's tags), zeros for the classes not in the
+    tags; one peak row per (image, tag)."""
+    paths = _write_images(tmp_path, {"a": (64, 64), "b": (64, 64), "c": (48, 80)})
+    tags = {"a": ["tumor", "lymphocytes"], "b": ["stroma"], "c": CLASSES}
+    items = [(name, paths[name], tags[name]) for name in paths]
+    cpu = torch.device("cpu")
+    # batches of 2 pairs: c's three tags are split over two batches
+    peaks = save_cams(resnet3, items, tmp_path / "k3", {**CAM_CFG, "batch_size": 2}, cpu, CLASSES)
+    assert list(zip(peaks["name"], peaks["class"], strict=True)) == [
+        ("a", "tumor"), ("a", "lymphocytes"), ("b", "stroma"),
+        ("c", "tumor"), ("c", "stroma"), ("c", "lymphocytes"),
+    ]  # fmt: skip
+    for name, image_tags in tags.items():
+        cams = np.load(tmp_path / "k3" / f"{name}.npy")
+        assert cams.dtype == np.float16 and cams.shape == (3, *read_rgb(paths[name]).shape[:2])
+        for k, cls in enumerate(CLASSES):
+            if cls not in image_tags:
+                assert not cams[k].any(), (name, cls)
+                continue
+            alone = compute_cams(
+                resnet3,
+                resnet3.layer4[-1],
+                preprocess(read_rgb(paths[name])[None]),
+                [k],
+                n_samples=2,
+                noise_sigma=0.1,
+                seed=image_seed(3, name),
+                smooth_activations=True,
+            )[0]
+            np.testing.assert_allclose(cams[k], alone, atol=1e-3)
+            peak = peaks[(peaks["name"] == name) & (peaks["class"] == cls)].iloc[0]
+            assert cams[k][peak["peak_row"], peak["peak_col"]] == cams[k].max()
+        assert len({cams[k].tobytes() for k, c in enumerate(CLASSES) if c in image_tags}) == len(
+            image_tags
+        )  # each tag's own map
 
 
 def test_the_cam_is_constant_across_each_border_strip_of_half_a_feature_cell(resnet):
@@ -365,7 +451,7 @@ def test_the_cam_is_constant_across_each_border_strip_of_half_a_feature_cell(res
     layer4's 32-px cells) it repeats the edge row or column; a threshold contour crosses that
     strip as a straight segment at right angles to the border."""
     x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(3))
-    cam = compute_cams(resnet, resnet_target_layer(resnet), x, [1], method="gradcam")[0]
+    cam = compute_cams(resnet, resnet_target_layer(resnet), x, [0], method="gradcam")[0]
     half = 16
     for strip in (cam[:half], cam[-half:][::-1], cam[:, :half].T, cam[:, -half:][:, ::-1].T):
         assert (strip == strip[0]).all()  # every row of the strip equals the edge's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,10 @@ import yaml
 from PIL import Image
 
 import histo_wsss.demo as demo
+from histo_wsss.classes import LabelSpace
 from histo_wsss.demo import TEXTURES, DemoSpec, contact_sheet, demo_spec, generate, render
+from histo_wsss.io import read_mask
+from histo_wsss.splits import read_split
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("tumor", "stroma", "lymphocytes", "necrosis")
@@ -215,3 +219,56 @@ def test_contact_sheet(dataset, tmp_path):
     for colour in demo.CLASS_COLOURS[: len(CLASSES)]:  # each class's legend patch is drawn
         rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(sheet.astype(int) - rgb).max(axis=1) <= 2).sum() > 50, colour
+
+
+@pytest.mark.integration
+def test_a_tiny_run_maps_and_refines_the_classes_of_each_images_tags(tiny_multiclass_run):
+    """config/demo_multiclass.yaml on 24 images of 96 px: a CAM per tag, label maps of the
+    present classes that cover the tissue (background: tissue), per-class quality tables."""
+    results = tiny_multiclass_run / "results" / "demo_multiclass"
+    classes = yaml.safe_load((REPO / "config" / "demo_multiclass.yaml").read_text())["dataset"][
+        "classes"
+    ]
+    space = LabelSpace(classes, ignore_index=255)
+    split = read_split(results / "split" / "split.csv", classes)
+    tags = {n: t.split(";") for n, t in zip(split["name"], split["tags"], strict=True)}
+    assert len(tags) == 24 and all(tags.values())  # every demo image has a tag
+
+    def files(stage, kind, ext=".png"):
+        return {p.stem: p for p in (results / stage / "shards").glob(f"*/{kind}/*{ext}")}
+
+    cams = files("cam", "cams", ".npy")
+    assert sorted(cams) == sorted(tags)
+    for name, path in cams.items():
+        maps = np.load(path)
+        assert maps.dtype == np.float16 and maps.shape == (3, 96, 96)
+        for k, cls in enumerate(classes):
+            assert maps[k].any() <= (cls in tags[name])  # no map of an absent class
+        assert 0 <= maps.min() and maps.max() <= 1
+    peaks = pd.concat(pd.read_csv(p / "peaks.csv") for p in (results / "cam" / "shards").iterdir())
+    assert len(peaks) == sum(len(t) for t in tags.values())
+    summary = json.loads((results / "cam" / "summary.json").read_text())
+    assert summary["n_cams"] == len(peaks) and set(summary["peak_in_mask"]) == set(split["split"])
+    for entry in summary["peak_in_mask"].values():
+        assert set(entry["classes"]) <= set(classes) and 0 <= entry["share"] <= 1
+
+    masks, tissue = files("pseudo_masks", "masks"), files("stain", "tissue")
+    assert sorted(masks) == sorted(tags)
+    for name, path in masks.items():
+        labels = space.read_labels(path)
+        present = {classes.index(c) + 1 for c in tags[name]}
+        assert set(np.unique(labels)) <= {0} | present <= {0, 1, 2, 3}
+        on_tissue = read_mask(tissue[name])
+        assert (labels[on_tissue] > 0).all() and not labels[~on_tissue].any()
+    confusion = pd.concat(
+        pd.read_csv(p / "confusion.csv") for p in (results / "pseudo_masks" / "shards").iterdir()
+    )
+    assert set(confusion["pred_label"]) <= {0, 1, 2, 3} and set(confusion["truth_label"]) <= {
+        1,
+        2,
+        3,
+    }  # the real masks: a class on every tissue pixel, unlabelled (left out) off it
+    quality = pd.read_csv(results / "pseudo_masks" / "quality_summary.csv")
+    assert quality[["miou", "fwiou"]].apply(lambda v: v.between(0, 1)).all().all()
+    scores = pd.read_csv(results / "pseudo_masks" / "class_scores.csv")
+    assert list(scores["class"].unique()) == ["background", *classes]

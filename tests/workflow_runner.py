@@ -40,12 +40,12 @@ def snakemake(
     *args: str,
     config: dict | None = None,
     check: bool = True,
-    base: Path = REPO / "config" / "config.yaml",
+    base: Path | Sequence[Path] = REPO / "config" / "config.yaml",
     repo: Path = REPO,
     prefix: Sequence[str] = (),
 ):
     """Run snakemake on the Snakefile of ``repo`` (this checkout by default) in ``workdir`` with
-    the ``base`` config file (the demo's by default) + ``config``, under the command
+    the ``base`` config file(s) (the demo's by default) + ``config``, under the command
     ``prefix``."""
     workdir.mkdir(parents=True, exist_ok=True)
     override = workdir / "test_config.yaml"
@@ -56,7 +56,7 @@ def snakemake(
         "--snakefile",
         str(repo / "Snakefile"),
         "--configfile",
-        str(base),
+        *map(str, [base] if isinstance(base, Path) else base),
         str(override),
         *args,
     ]

@@ -1,12 +1,10 @@
-"""Class activation maps (CAMs) for a binary, single-logit image classifier.
+"""Class activation maps (CAMs) of a multi-label image classifier, one per (image, class).
 
-The classifier returns ONE logit ``y`` per image (output shape ``(B, 1)``). The score whose
-evidence a CAM shows (the "ground-truth class" score of the paper, §2.2) is
-
-* ``S = +y`` for a positive image (label 1, SSA), and
-* ``S = -y`` for a negative image (label 0, HP),
-
-see :class:`BinaryLogitTarget`. The workflow asks for CAMs of positive images only.
+The classifier returns K logits per image (output shape ``(B, K)``; K = 1 for the binary case).
+The score whose evidence a CAM shows (the "ground-truth class" score of the paper, §2.2) is the
+logit ``S = y_c`` of a class ``c`` in the image's tags (pytorch-grad-cam's
+``ClassifierOutputTarget(c)``; for K = 1 the one logit of the positive class). A batch is a
+list of (image, class) pairs: an image with two tags is two targets.
 
 Notation: ``A_k(i, j)`` is channel ``k`` of the target layer's output (for torchvision ResNets
 ``model.layer4[-1]``, see :func:`resnet_target_layer`), ``g_k(i, j) = dS / dA_k(i, j)``.
@@ -49,8 +47,8 @@ normalised per image to [0, 1]; they differ in the channel weights ``w_k``:
 
 Noise and seeding: each image has its own ``torch.Generator`` seeded with ``seed`` (an ``int``
 shared by every image, or one seed per image) and draws its ``n_samples`` noise tensors in order
-on the CPU. An image's map therefore depends only on the image, its label, the model and its
-seed, not on the batch it is computed in nor on ``samples_per_pass``. A batch of ``B`` images
+on the CPU. A map therefore depends only on the image, its class, the model and its seed, not
+on the batch it is computed in nor on ``samples_per_pass``. A batch of ``B`` (image, class) pairs
 costs ``ceil(n_samples / samples_per_pass)`` forward+backward passes of ``samples_per_pass * B``
 noisy images (default 1: memory of one batch), plus one gradient-free forward pass of the clean
 batch (skipped with ``smooth_activations=True``). The graph is built from the input (which
@@ -69,44 +67,26 @@ import pandas as pd
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from histo_wsss.batching import same_size_runs
+from histo_wsss.classes import LabelSpace
 from histo_wsss.classifier import preprocess
-from histo_wsss.io import atomic_path, read_mask, read_rgb
+from histo_wsss.io import atomic_path, read_rgb
 from histo_wsss.logs import progress
 
 __all__ = [
     "CAM_METHODS",
-    "BinaryLogitTarget",
     "SmoothGradCAMPlusPlus",
     "compute_cams",
+    "save_cams",
     "RESNET_LAYERS",
     "resnet_target_layer",
 ]
 
 CAM_METHODS = ("gradcam", "gradcam++", "smoothgradcam++")
-
-
-class BinaryLogitTarget:
-    """CAM target of a single-logit binary classifier: ``+logit`` for label 1, ``-logit`` for 0.
-
-    Called by pytorch-grad-cam with one image's output (shape ``(1,)`` or ``()``).
-    """
-
-    def __init__(self, label: int) -> None:
-        if label not in (0, 1):
-            raise ValueError(f"label must be 0 or 1, got {label!r}")
-        self.label = int(label)
-
-    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        if model_output.numel() != 1:
-            raise ValueError(
-                "expected one logit per image (model output of shape (B, 1)), got "
-                f"{tuple(model_output.shape)} per image"
-            )
-        logit = model_output.reshape(())
-        return logit if self.label == 1 else -logit
+PEAK_COLUMNS = ("name", "class", "peak_row", "peak_col")
 
 
 class SmoothGradCAMPlusPlus(BaseCAM):
@@ -263,7 +243,7 @@ def compute_cams(
     model: nn.Module,
     target_layer: nn.Module | Sequence[nn.Module],
     images: torch.Tensor,
-    labels: Sequence[int],
+    classes: Sequence[int],
     method: str = "smoothgradcam++",
     n_samples: int = 8,
     noise_sigma: float = 0.15,
@@ -271,10 +251,11 @@ def compute_cams(
     samples_per_pass: int = 1,
     smooth_activations: bool = False,
 ) -> np.ndarray:
-    """CAMs of a batch for the score of each image's label (see :class:`BinaryLogitTarget`).
+    """CAMs of a batch of (image, class) pairs: image ``i``'s map for the logit of class
+    ``classes[i]`` (pytorch-grad-cam's ``ClassifierOutputTarget``).
 
     Args:
-        model: classifier with output shape ``(B, 1)``; used in eval mode (BatchNorm running
+        model: classifier with output shape ``(B, K)``; used in eval mode (BatchNorm running
             statistics). Its train/eval mode and its parameters' ``requires_grad`` flags are
             restored on return; no hooks are left on it.
         target_layer: module whose output is ``A``, or a list of modules in forward order
@@ -282,7 +263,8 @@ def compute_cams(
             averaged.
         images: ``(B, 3, H, W)`` float tensor, already normalised as for the classifier; moved to
             the model's device.
-        labels: ``B`` labels in {0, 1}.
+        classes: ``B`` class indices in ``0 .. K - 1`` (an image listed twice with two classes
+            gives its two maps).
         method: one of :data:`CAM_METHODS`.
         n_samples, noise_sigma, seed, samples_per_pass, smooth_activations: Smooth Grad-CAM++
             settings (ignored by the other methods), see the module docstring.
@@ -295,13 +277,12 @@ def compute_cams(
         raise ValueError(f"unknown CAM method {method!r}; choose one of {CAM_METHODS}")
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    if any(float(v) not in (0.0, 1.0) for v in labels):
-        raise ValueError(f"labels must be 0 or 1, got {list(labels)}")
-    labels = [int(v) for v in labels]
-    if len(labels) != images.shape[0]:
-        raise ValueError(f"got {len(labels)} labels for {images.shape[0]} images")
+    if any(isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 0 for c in classes):
+        raise ValueError(f"classes must be class indices (integers >= 0), got {list(classes)}")
+    if len(classes) != images.shape[0]:
+        raise ValueError(f"got {len(classes)} classes for {images.shape[0]} images")
     layers = [target_layer] if isinstance(target_layer, nn.Module) else list(target_layer)
-    targets = [BinaryLogitTarget(v) for v in labels]
+    targets = [ClassifierOutputTarget(int(c)) for c in classes]
 
     params = list(model.parameters())
     device = params[0].device if params else images.device
@@ -348,47 +329,107 @@ def image_seed(seed: int, name: str) -> int:
 
 def save_cams(
     model: nn.Module,
-    items: Sequence[tuple[str, str, int]],
+    items: Sequence[tuple[str, str, Sequence[str]]],
     out_dir: str | Path,
     cfg: dict,
     device: torch.device,
+    classes: Sequence[str],
 ) -> pd.DataFrame:
-    """CAMs of ``(name, image path, label)`` items for their label, saved as float16 ``.npy``.
+    """CAMs of ``(name, image path, tags)`` items, one per class of the image's tags, saved as
+    float16 ``(K, H, W)`` ``.npy`` files (channel ``k``: class ``classes[k]``; zeros for the
+    classes not in the tags).
 
     ``cfg`` is the ``cam`` config section (``layers``: the ResNet stages whose maps are
-    averaged, ``["layer4"]`` when absent). Every image is read and mapped at its own size
-    (consecutive images of one size share a batch of up to ``cfg["batch_size"]``); its CAM has
-    the image's size. Returns one row per image: name, label and the peak's row and column.
+    averaged, ``["layer4"]`` when absent). Every image is read and mapped at its own size; its
+    (image, class) pairs are batched, consecutive pairs of one size sharing a batch of up to
+    ``cfg["batch_size"]``, every pair of an image with the image's noise seed
+    (:func:`image_seed`); an item without tags gets no file. Returns one row per (image, tag):
+    name, class and the peak's row and column.
     """
     model.to(device).eval()
     layers = [resnet_target_layer(model, name) for name in cfg.get("layers", ["layer4"])]
+    index = {c: k for k, c in enumerate(classes)}
     out_dir = Path(out_dir)
     rows = []
-    images = ((name, read_rgb(path), label) for name, path, label in progress(items, "cams", "img"))
-    for batch in same_size_runs(images, cfg["batch_size"], lambda item: item[1].shape):
-        names, images, labels = zip(*batch, strict=True)
+    pending: dict[str, list] = {}  # name: [(K, H, W) maps, number of its pairs not yet mapped]
+
+    def pairs():
+        for name, path, tags in progress(items, "cams", "img"):
+            if not tags:
+                continue
+            rgb = read_rgb(path)
+            pending[name] = [np.zeros((len(classes), *rgb.shape[:2]), np.float16), len(tags)]
+            for tag in tags:
+                yield name, rgb, index[tag]
+
+    for batch in same_size_runs(pairs(), cfg["batch_size"], lambda pair: pair[1].shape):
+        names, images, targets = zip(*batch, strict=True)
         maps = compute_cams(
             model,
             layers,
             preprocess(np.stack(images)),
-            labels,
+            targets,
             method=cfg["method"],
             n_samples=cfg["n_samples"],
             noise_sigma=cfg["noise_sigma"],
             seed=[image_seed(cfg["seed"], n) for n in names],
             smooth_activations=cfg["smooth_activations"],
         )
-        for name, label, cam in zip(names, labels, maps, strict=True):
-            with atomic_path(out_dir / f"{name}.npy") as tmp:
-                np.save(tmp, cam.astype(np.float16))
+        for name, k, cam in zip(names, targets, maps, strict=True):
             row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
-            rows.append({"name": name, "label": label, "peak_row": row, "peak_col": col})
-    return pd.DataFrame(rows, columns=["name", "label", "peak_row", "peak_col"])
+            rows.append({"name": name, "class": classes[k], "peak_row": row, "peak_col": col})
+            entry = pending[name]
+            entry[0][k] = cam
+            entry[1] -= 1
+            if entry[1] == 0:
+                with atomic_path(out_dir / f"{name}.npy") as tmp:
+                    np.save(tmp, entry[0])
+                del pending[name]
+    return pd.DataFrame(rows, columns=PEAK_COLUMNS)
 
 
-def peak_hits(peaks: pd.DataFrame, masks: dict[str, str]) -> pd.Series:
-    """Whether each CAM's peak (``peak_row``, ``peak_col``) lies inside its ground-truth mask."""
-    return pd.Series(
-        [bool(read_mask(masks[r.name])[r.peak_row, r.peak_col]) for r in peaks.itertuples()],
-        index=peaks.index,
-    )
+def peak_hits(peaks: pd.DataFrame, masks: dict[str, str], space: LabelSpace) -> pd.Series:
+    """Whether each CAM's peak (``peak_row``, ``peak_col``) lies inside its class's label in
+    the image's real label map (``masks``: working-scale masks, :meth:`LabelSpace.read_labels`)."""
+    label = {c: k + 1 for k, c in enumerate(space.classes)}
+    hits, last = [], (None, None)
+    for name, cls, row, col in zip(*(peaks[c] for c in PEAK_COLUMNS), strict=True):
+        if name != last[0]:  # an image's rows are adjacent: read its map once
+            last = (name, space.read_labels(masks[name]))
+        hits.append(bool(last[1][row, col] == label[cls]))
+    return pd.Series(hits, index=peaks.index, dtype=bool)
+
+
+def peak_summary(
+    split: pd.DataFrame, peaks: pd.DataFrame, masks: dict[str, str], space: LabelSpace
+) -> dict:
+    """How well the CAMs localise: per split, the share of CAMs whose peak lies inside their
+    class's real label (``share``, over every (image, tag) CAM; K = 1: the share of positive
+    images), ``n_positive`` tagged images, and per class its CAMs' ``n_images`` and ``share``.
+
+    ``split`` is :func:`histo_wsss.splits.read_split`'s table, ``peaks`` the rows of
+    :func:`save_cams`, ``masks`` the real masks at the working scale (empty: no real masks, no
+    ``peak_in_mask``). ``n_images`` counts every image, ``n_cams`` every (image, tag) CAM.
+    """
+    summary = {"n_images": len(split), "n_cams": len(peaks), "has_ground_truth": bool(masks)}
+    if not masks:
+        return summary
+    table = peaks.merge(split[["name", "split"]], on="name", how="left", validate="m:1")
+    table["peak_in_mask"] = peak_hits(table, masks, space)
+    tagged = split[split["positive"] == 1].groupby("split").size()
+
+    def share(rows: pd.DataFrame) -> float:
+        return round(float(rows["peak_in_mask"].mean()), 4)
+
+    summary["peak_in_mask"] = {
+        part: {
+            "n_positive": int(tagged[part]),
+            "share": share(rows),
+            "classes": {
+                c: {"n_images": len(of_class), "share": share(of_class)}
+                for c, of_class in rows.groupby("class", sort=False)
+            },
+        }
+        for part, rows in table.groupby("split")
+    }
+    return summary

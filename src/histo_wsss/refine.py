@@ -1,31 +1,53 @@
-"""CAM -> binary pseudo-mask refinement (paper section 2.3).
+"""CAMs -> pseudo-mask label maps (paper section 2.3), for K classes.
 
-Steps, each a function here and all chained by :func:`refine`:
+A pseudo-mask is a label map (:mod:`histo_wsss.classes`: 0 background, ``c`` in 1..K class
+``c - 1``) that holds only the classes *present* in the image (its tags). The CAMs are a float
+``(K, H, W)`` array in [0, 1], each class's map min-max normalised on its own
+(:func:`histo_wsss.cam.compute_cams`); the RGB image is ``HxWx3`` uint8 (stain-normalised
+upstream); the tissue mask is boolean ``HxW``. Steps, each a function here and all chained by
+:func:`refine`:
 
-1. :func:`quantile_threshold` - keep pixels whose CAM is strictly above its ``q``-quantile,
-   the quantile taken over tissue pixels only when a tissue mask is given.
-2. :func:`open_close` - binary opening with a square ``open_px`` x ``open_px`` footprint, then
-   closing with a square ``close_px`` x ``close_px`` footprint (scikit-image).
-3. :func:`remove_small` - drop 8-connected components of fewer than ``min_object_px`` pixels.
-4. :func:`dense_crf` - fully connected CRF (pydensecrf) on the RGB image.
+1. :func:`label_cams` - the first label map, by ``background``:
 
-Masks are boolean ``HxW`` arrays; the CAM is a float ``HxW`` array in [0, 1] the size of the
-image; the RGB image is ``HxWx3`` uint8 (stain-normalised upstream). Everything is deterministic.
+   * ``threshold`` (the paper's recipe): per present class, keep the pixels whose CAM is
+     strictly above its ``q``-quantile over tissue (:func:`quantile_threshold`); a pixel kept by
+     several classes takes the one whose CAM is highest there; a pixel kept by none is
+     background.
+   * ``tissue`` (datasets whose every tissue pixel belongs to a class: WSSS4LUAD, the
+     multi-class demo): every tissue pixel takes the present class whose CAM is highest there;
+     non-tissue is background.
+
+2. :func:`open_close` per class - binary opening with a square ``open_px`` x ``open_px``
+   footprint, then closing with a square ``close_px`` x ``close_px`` footprint (scikit-image);
+   where two classes' closed masks overlap, the higher CAM wins.
+3. :func:`remove_small` per class - drop 8-connected components of fewer than
+   ``min_object_px`` pixels.
+4. :func:`dense_crf` - fully connected CRF (pydensecrf) on the RGB image over 1 + (number of
+   present classes) labels.
+
+Every step's map stays inside the tissue. With ``background: tissue`` a tissue pixel that a step
+leaves without a class (opened away, a small object removed, background after the CRF) takes
+the class of the nearest pixel that has one (:func:`fill_tissue`). For K = 1 with ``threshold``
+every step is the binary recipe (one class: no overlaps; the CRF's two labels).
+Everything is deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
+from scipy import ndimage
 from skimage import morphology
 
 STEPS = ("threshold", "morphology", "small_objects", "crf")
 """Keys of :func:`refine`'s result, in the order the steps run."""
+BACKGROUNDS = ("threshold", "tissue")
+"""What is background: below every present class's CAM threshold, or non-tissue only."""
 
 _PROB_EPS = 1e-3  # CRF foreground probabilities are clipped to [eps, 1 - eps]
 
@@ -47,8 +69,12 @@ class RefineParams:
     crf_fg_confidence: float = 0.75
     final_step: str = "crf"
     """The step whose mask is the pseudo-mask (the paper: ``crf``; every step is still run)."""
+    background: str = "threshold"
+    """One of :data:`BACKGROUNDS` (module docstring); ``threshold`` is the paper's."""
 
     def __post_init__(self) -> None:
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
         if self.final_step not in STEPS:
             raise ValueError(f"final_step must be one of {STEPS}, got {self.final_step!r}")
         if not 0.0 < self.quantile < 1.0:
@@ -102,6 +128,17 @@ def _check_cam(cam: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(cam)):
         raise ValueError("cam contains NaN or infinite values")
     return cam
+
+
+def _check_cams(cams: np.ndarray) -> np.ndarray:
+    cams = np.asarray(cams)
+    if cams.ndim != 3 or not np.issubdtype(cams.dtype, np.floating):
+        raise ValueError(
+            f"cams must be a (K, H, W) float array, got {cams.dtype} of shape {cams.shape}"
+        )
+    if not np.all(np.isfinite(cams)):
+        raise ValueError("cams contain NaN or infinite values")
+    return cams
 
 
 def quantile_threshold(
@@ -173,36 +210,115 @@ def crf_foreground_probability(cam: np.ndarray, mask: np.ndarray, confidence: fl
     return np.clip(p, _PROB_EPS, 1.0 - _PROB_EPS).astype(np.float32)
 
 
+def resolve(cams: np.ndarray, claims: np.ndarray, present: Sequence[int]) -> np.ndarray:
+    """uint8 label map from per-class ``claims`` (boolean ``(P, H, W)``, one per ``present``
+    class index): a pixel claimed by several classes takes the one whose CAM is highest there
+    (ties: the first), a pixel claimed by none is background 0."""
+    scores = np.where(claims, cams[list(present)], -np.inf)
+    winner = np.argmax(scores, axis=0)
+    lut = np.array([c + 1 for c in present], dtype=np.uint8)
+    return np.where(claims.any(axis=0), lut[winner], 0).astype(np.uint8)
+
+
+def class_masks(labels: np.ndarray, present: Sequence[int]) -> np.ndarray:
+    """Boolean ``(P, H, W)``: the pixels of each ``present`` class (index ``c``: label
+    ``c + 1``)."""
+    return np.stack([labels == c + 1 for c in present])
+
+
+def fill_tissue(labels: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """``labels`` where every background pixel inside ``tissue`` takes the label of the nearest
+    (Euclidean) pixel that has a class; unchanged when no pixel has one."""
+    holes = tissue & (labels == 0)
+    if not holes.any() or not (labels > 0).any():
+        return labels
+    _, (rows, cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    out = labels.copy()
+    out[holes] = labels[rows[holes], cols[holes]]
+    return out
+
+
+def label_cams(
+    cams: np.ndarray,
+    present: Sequence[int],
+    q: float = 0.5,
+    tissue: np.ndarray | None = None,
+    background: str = "threshold",
+) -> np.ndarray:
+    """The first label map (step 1 of the module docstring) of the ``present`` classes."""
+    cams = _check_cams(cams)
+    shape = cams.shape[1:]
+    tissue = np.ones(shape, dtype=bool) if tissue is None else _check_mask(tissue, shape, "tissue")
+    if background == "tissue":
+        claims = np.broadcast_to(tissue, (len(present), *shape))
+    else:
+        claims = np.stack([quantile_threshold(cams[c], q, tissue) for c in present])
+    return resolve(cams, claims, present)
+
+
+def crf_unary(
+    cams: np.ndarray,
+    labels: np.ndarray,
+    present: Sequence[int],
+    confidence: float,
+    tissue: np.ndarray | None = None,
+) -> np.ndarray:
+    """Probabilities ``(1 + P, H, W)`` of background and each ``present`` class for the CRF.
+
+    A class's is :func:`crf_foreground_probability` of its CAM and its pixels in ``labels``.
+    Background's is ``1 - `` the highest of them or, given ``tissue`` (``background:
+    tissue``), 1 - 1e-3 outside the tissue and 1e-3 inside. For one class without tissue this is
+    the binary ``[1 - p, p]``. (They need not sum to 1: a per-pixel factor adds the same constant
+    to every label's energy and changes no mean-field step.)
+    """
+    probs = np.stack(
+        [crf_foreground_probability(cams[c], labels == c + 1, confidence) for c in present]
+    )
+    if tissue is None:
+        background = 1.0 - probs.max(axis=0)
+    else:
+        background = np.where(tissue, _PROB_EPS, 1.0 - _PROB_EPS).astype(np.float32)
+    return np.concatenate([background[None], probs])
+
+
 def dense_crf(
     rgb: np.ndarray,
-    cam: np.ndarray,
-    mask: np.ndarray,
+    cams: np.ndarray,
+    labels: np.ndarray,
+    present: Sequence[int],
     params: RefineParams | None = None,
     tissue: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Refine ``mask`` with a two-label DenseCRF on ``rgb``; returns a boolean mask.
+    """Refine the label map ``labels`` with a DenseCRF on ``rgb`` over background and the
+    ``present`` classes; returns a uint8 label map.
 
-    Unary: ``unary_from_softmax([1 - p, p])`` with ``p`` from :func:`crf_foreground_probability`
-    (``params.crf_fg_confidence``). Pairwise: Gaussian (``crf_gaussian_sxy``,
-    ``crf_gaussian_compat``) and bilateral (``crf_bilateral_sxy``, ``crf_bilateral_srgb`` on
-    0-255 RGB, ``crf_bilateral_compat``); ``crf_iterations`` mean-field steps; label = argmax.
-    The result is restricted to ``tissue`` if given. An empty ``mask`` gives an empty result.
+    Unary: ``unary_from_softmax`` of :func:`crf_unary` (``params.crf_fg_confidence``; the
+    tissue sets the background's with ``params.background`` ``tissue``). Pairwise: Gaussian
+    (``crf_gaussian_sxy``, ``crf_gaussian_compat``) and bilateral (``crf_bilateral_sxy``,
+    ``crf_bilateral_srgb`` on 0-255 RGB, ``crf_bilateral_compat``); ``crf_iterations``
+    mean-field steps; label = argmax (ties to background, then to the lower class). The result
+    is restricted to ``tissue`` if given. A map without any class gives an empty result.
     """
     params = params or RefineParams()
-    cam = _check_cam(cam)
-    h, w = cam.shape
+    cams = _check_cams(cams)
+    _, h, w = cams.shape
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.shape != (h, w, 3):
         raise ValueError(f"rgb must be uint8 of shape {(h, w, 3)}, got {rgb.dtype} {rgb.shape}")
-    mask = _check_mask(mask, cam.shape, "mask")
+    labels = np.asarray(labels)
+    if labels.shape != (h, w):
+        raise ValueError(f"labels has shape {labels.shape}, expected {(h, w)}")
     if tissue is not None:
-        tissue = _check_mask(tissue, cam.shape, "tissue")
-    if not mask.any():
-        return np.zeros((h, w), dtype=bool)
+        tissue = _check_mask(tissue, (h, w), "tissue")
+    if not (labels > 0).any():
+        return np.zeros((h, w), dtype=np.uint8)
 
-    p = crf_foreground_probability(cam, mask, params.crf_fg_confidence)
-    d = dcrf.DenseCRF2D(w, h, 2)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.stack([1.0 - p, p]))))
+    in_tissue = None
+    if params.background == "tissue":
+        in_tissue = np.ones((h, w), dtype=bool) if tissue is None else tissue
+    p = crf_unary(cams, labels, present, params.crf_fg_confidence, in_tissue)
+    d = dcrf.DenseCRF2D(w, h, len(p))
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(p)))
     d.addPairwiseGaussian(sxy=params.crf_gaussian_sxy, compat=params.crf_gaussian_compat)
     d.addPairwiseBilateral(
         sxy=params.crf_bilateral_sxy,
@@ -210,39 +326,53 @@ def dense_crf(
         rgbim=np.ascontiguousarray(rgb),
         compat=params.crf_bilateral_compat,
     )
-    q = np.asarray(d.inference(params.crf_iterations), dtype=np.float32).reshape(2, h, w)
-    out = q[1] > q[0]  # argmax; ties go to background
+    q = np.asarray(d.inference(params.crf_iterations), dtype=np.float32).reshape(len(p), h, w)
+    lut = np.array([0, *(c + 1 for c in present)], dtype=np.uint8)
+    out = lut[np.argmax(q, axis=0)]  # ties go to the first: background
     if tissue is not None:
-        out &= tissue
+        out[~tissue] = 0
     return out
 
 
 def empty_steps(shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """All-background masks for every step (negative-class images)."""
-    return {step: np.zeros(shape, dtype=bool) for step in STEPS}
+    """All-background label maps for every step (images without tags)."""
+    return {step: np.zeros(shape, dtype=np.uint8) for step in STEPS}
 
 
 def refine(
     rgb: np.ndarray,
-    cam: np.ndarray,
+    cams: np.ndarray,
+    present: Sequence[int],
     params: RefineParams | None = None,
     tissue: np.ndarray | None = None,
-    positive: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Run every step; return ``{"threshold", "morphology", "small_objects", "crf"}`` masks.
+    """Run every step; return ``{"threshold", "morphology", "small_objects", "crf"}`` uint8
+    label maps holding only 0 and the ``present`` classes' labels (class indices into ``cams``;
+    empty: every map is background).
 
-    The pseudo-mask is ``result[params.final_step]``. For ``positive=False`` every mask is
-    empty (the caller decides which images are of the negative class). Masks stay inside
-    ``tissue``.
+    The pseudo-mask is ``result[params.final_step]``. Maps stay inside ``tissue``.
     """
     params = params or RefineParams()
-    cam = _check_cam(cam)
-    if not positive:
-        return empty_steps(cam.shape)
-    threshold = quantile_threshold(cam, params.quantile, tissue)
-    morph = open_close(threshold, params.open_px, params.close_px)
-    if tissue is not None:
-        morph &= tissue  # closing may bridge into non-tissue gaps
-    small = remove_small(morph, params.min_object_px)
-    crf = dense_crf(rgb, cam, small, params, tissue)
+    cams = _check_cams(cams)
+    shape = cams.shape[1:]
+    present = sorted(set(int(c) for c in present))
+    if not present:
+        return empty_steps(shape)
+    if present[0] < 0 or present[-1] >= len(cams):
+        raise ValueError(f"present classes {present} outside the {len(cams)} CAM channels")
+    inside = np.ones(shape, dtype=bool) if tissue is None else _check_mask(tissue, shape, "tissue")
+
+    def finish(labels: np.ndarray) -> np.ndarray:
+        labels = np.where(inside, labels, 0).astype(np.uint8)
+        return fill_tissue(labels, inside) if params.background == "tissue" else labels
+
+    threshold = label_cams(cams, present, params.quantile, tissue, params.background)
+    closed = np.stack(
+        [open_close(m, params.open_px, params.close_px) for m in class_masks(threshold, present)]
+    )
+    # closing may bridge into non-tissue gaps (restricted by finish) or into another class
+    morph = finish(resolve(cams, closed, present))
+    kept = [remove_small(m, params.min_object_px) for m in class_masks(morph, present)]
+    small = finish(resolve(cams, np.stack(kept), present))
+    crf = finish(dense_crf(rgb, cams, small, present, params, tissue))
     return {"threshold": threshold, "morphology": morph, "small_objects": small, "crf": crf}

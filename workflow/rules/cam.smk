@@ -1,4 +1,5 @@
-"""Class activation maps of the ground-truth class, in shards that each load the model once."""
+"""Class activation maps of each class in an image's tags, in shards that each load the model
+once."""
 
 
 rule cams:
@@ -21,7 +22,7 @@ rule cams:
     params:
         names=shard_members("cam"),
         images=shard_sample_files("cam", "stain", "images"),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
         cam=config["cam"],
     script:
         "../scripts/cams.py"
@@ -43,6 +44,6 @@ rule cam_summary:
         mem_mb=2000,
     params:
         masks=truth_masks(),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
     script:
         "../scripts/cam_summary.py"

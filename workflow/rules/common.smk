@@ -516,11 +516,16 @@ def segmentation_target_masks():
 
 
 # The classes drawn in QuPath and read back from corrections: the binary masks draw the positive
-# class (value 255); the other class is the unannotated rest.
-MASK_LABELS = binary_labels(
-    config["dataset"]["classes"],
-    config["dataset"]["positive_class"],
-    config["qupath"]["colors"],
+# class (value 255); the other class is the unannotated rest. Binary only so far: a multi-label
+# dataset (whose classes hold no positive_class) has none.
+MASK_LABELS = (
+    binary_labels(
+        config["dataset"]["classes"],
+        config["dataset"]["positive_class"],
+        config["qupath"]["colors"],
+    )
+    if len(LABELS["classes"]) == 1
+    else []
 )
 CORRECTION_TARGETS = f"{RESULTS}/corrections/targets"
 
@@ -551,8 +556,8 @@ def new_images():
     return folder_images("predict.images", folder) if folder else []
 
 
-# Stages that handle K classes so far (issue 15); CAMs, pseudo-masks and segmentation are
-# binary still, so a multi-label dataset's run ends with the classifier.
+# Stages that handle K classes so far (issue 15): up to the CAMs and pseudo-masks; segmentation
+# is binary still, so a multi-label dataset's run ends with the pseudo-masks' quality.
 MULTI_LABEL = DATASET_SPEC.format == "tags"
 
 
@@ -570,6 +575,9 @@ def final_outputs():
             f"{RESULTS}/stain/qc.csv",
             f"{RESULTS}/classifier/evaluation.json",
             f"{RESULTS}/figures/classifier_learning_curve.png",
+            f"{RESULTS}/cam/summary.json",
+            f"{RESULTS}/pseudo_masks/quality_summary.csv",
+            f"{RESULTS}/pseudo_masks/class_scores.csv",
         ]
     outputs = [
         f"{RESULTS}/split/split.csv",

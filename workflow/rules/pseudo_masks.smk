@@ -24,7 +24,7 @@ rule pseudo_masks:
         tissue=shard_sample_files("pseudo_masks", "stain", "tissue"),
         cams=shard_sample_files("pseudo_masks", "cam", "cams", ".npy"),
         masks=truth_masks("pseudo_masks"),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
         refine=config["pseudo_masks"],
     script:
         "../scripts/pseudo_masks.py"
@@ -37,6 +37,7 @@ rule pseudo_mask_quality:
     output:
         table=f"{RESULTS}/pseudo_masks/quality.csv",
         summary=f"{RESULTS}/pseudo_masks/quality_summary.csv",
+        classes=f"{RESULTS}/pseudo_masks/class_scores.csv",
     log:
         f"{RESULTS}/logs/pseudo_mask_quality.log",
     conda:
@@ -44,6 +45,8 @@ rule pseudo_mask_quality:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        labels=LABELS,
     script:
         "../scripts/pseudo_mask_quality.py"
 
