@@ -26,6 +26,29 @@ def test_a_binary_mask_is_the_one_class_label_map_and_is_stored_as_before(tmp_pa
     assert np.array_equal(half, read_mask(tmp_path / "m.png", 0.5))  # as the binary reader
 
 
+@pytest.mark.parametrize(
+    ("space", "values", "mode"),
+    [
+        (LabelSpace(("lesion",)), (0, 7), "L"),
+        (LabelSpace(("lesion",)), (0,), "L"),
+        (LabelSpace(("lesion",)), (0, 255), "1"),
+        (TISSUES, (0, 2, 3), "L"),
+        (TISSUES, (1, 3), "P"),
+        (TISSUES, (3,), "P"),
+    ],
+)
+def test_the_mask_check_gives_the_classes_the_mask_holds(tmp_path, space, values, mode):
+    """One decode checks a mask and gives its classes: those of its labels (read_truth)."""
+    pixels = np.resize(np.array(values, np.uint8), 6 * 5).reshape(5, 6)
+    Image.fromarray(pixels).convert(mode).save(tmp_path / "m.png")
+    assert space.check_mask(tmp_path / "m.png", (6, 5)) == (
+        None,
+        space.tags_of(space.read_truth(tmp_path / "m.png")),
+    )
+    problem, tags = space.check_mask(tmp_path / "m.png", (5, 6))
+    assert problem == f"mask {tmp_path}/m.png is 6x5 px but the image is 5x6 px" and tags == ()
+
+
 def test_a_class_index_mask_becomes_labels_with_the_ignore_index_left_out(tmp_path):
     values = np.array([[0, 1, 2, 3]], np.uint8).repeat(3, axis=0)
     Image.fromarray(values).save(tmp_path / "m.png")

@@ -222,7 +222,9 @@ def test_checkpoint_holds_the_selected_epoch(trained):
 
 
 def test_a_frozen_epoch_changes_only_the_head(tmp_path):
-    """All blocks frozen: backbone weights AND BatchNorm running statistics stay as loaded."""
+    """All blocks frozen: backbone weights AND BatchNorm running statistics stay as loaded. The
+    checkpoint names the weights file it started from without its folder (e.g. the run's
+    results/pretrain/encoder.pt): it does not depend on where the run lives."""
     items = _squares(tmp_path, n=8, size=32)
     torch.manual_seed(3)
     state = resnet18(weights=None).state_dict()
@@ -230,7 +232,10 @@ def test_a_frozen_epoch_changes_only_the_head(tmp_path):
     cfg = {**CFG, "epochs": 1, "weights": str(tmp_path / "init.pth"), "selection_metric": "loss"}
     cfg["unfreeze"] = dict.fromkeys(PAPER, 1)
     train(items[:6], items[6:], cfg, tmp_path / "m.pt", tmp_path / "m.csv")
-    saved = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    checkpoint = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert checkpoint["config"]["weights"] == "init.pth"
+    assert str(tmp_path) not in repr(checkpoint["config"])
+    saved = checkpoint["state_dict"]
     for key, value in state.items():
         if not key.startswith("fc."):
             assert torch.equal(saved[key], value), key

@@ -308,6 +308,10 @@ def test_image_labels_from_masks(tmp_path):
     )
     _mask(tmp_path / "masks" / "d.png", values=(0,))
     assert load_labels(spec)["label"].tolist() == ["SSA", "HP", "SSA", "HP", "SSA"]
+    # files trusted from a manifest are not checked again, but their masks still give the labels
+    _write_manifest(spec, tmp_path / "manifest.csv")
+    checked = manifest_keys(tmp_path / "manifest.csv")
+    assert load_labels(spec, checked)["label"].tolist() == ["SSA", "HP", "SSA", "HP", "SSA"]
 
 
 def test_image_labels_from_masks_need_masks(tmp_path):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from histo_wsss.io import read_mask, scaled_size, write_png
+from histo_wsss.io import open_image, read_mask, scaled_size, write_png
 
 IGNORE = 255
 FORMATS = ("mhist", "tags")
@@ -66,6 +66,55 @@ class LabelSpace:
         if self.ignore_index is None:
             return None
         return frozenset(range(self.k)) | {self.ignore_index}
+
+    def check_mask(
+        self, path: str | os.PathLike, size: tuple[int, int] | None = None
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """The mask contract: why the mask file ``path`` breaks it (None if it keeps it), and the
+        classes the mask holds (as ``tags_of(read_truth(path))``; none when it breaks it), both
+        from the one decode the check needs (every byte: a truncated mask fails here).
+
+        The mask must be of ``size`` (the image's width and height as PIL gives them; None: not
+        compared). Its values, read as :meth:`read_truth` reads them, must be: for binary masks
+        (greyscale) 0 and one positive value, the mask's largest (a mask with stray values, e.g.
+        JPEG noise around 0, would make every such pixel positive); for class-index masks (one
+        channel: mode L or P) the class indices and the ignore index.
+        """
+        allowed = self.mask_values()
+        if not os.path.isfile(path):
+            return f"mask file not found: {path}", ()
+        try:
+            with open_image(path) as m:
+                if size is not None and m.size != size:
+                    (mw, mh), (iw, ih) = m.size, size
+                    return f"mask {path} is {mw}x{mh} px but the image is {iw}x{ih} px", ()
+                if allowed is not None and m.mode not in ("L", "P"):
+                    return (
+                        f"mask {path} has mode {m.mode}: a class-index mask has one channel of "
+                        "class indices (mode L or P)"
+                    ), ()
+                # greyscale as read_mask reads it, without a copy when it is greyscale already
+                # (a quarter of the check's time); the indices themselves for a class-index mask
+                counts = (m if m.mode == "L" or allowed else m.convert("L")).histogram()
+        except (OSError, SyntaxError) as err:
+            return f"unreadable mask {path}: {err}", ()
+        values = [v for v, n in enumerate(counts) if n]
+        if allowed is not None:
+            unexpected = [v for v in values if v not in allowed]
+            if unexpected:
+                return (
+                    f"mask {path} has values {_listed(unexpected)} outside the class indices "
+                    f"0..{self.k - 1} ({', '.join(self.classes)}) and the ignore index "
+                    f"{self.ignore_index}"
+                ), ()
+            return None, tuple(c for i, c in enumerate(self.classes) if counts[i])
+        unexpected = [v for v in values if v not in (0, values[-1])]
+        if unexpected:
+            return (
+                f"mask {path} has values {_listed(unexpected)} besides {sorted({0, values[-1]})}: "
+                "a mask holds 0 and one positive value (save it losslessly, e.g. as PNG, not JPEG)"
+            ), ()
+        return None, self.classes if values[-1] else ()
 
     def read_truth(self, path: str | os.PathLike, scale: float = 1.0) -> np.ndarray:
         """A dataset mask file as uint8 labels, resized by ``scale``: a binary mask as
@@ -109,6 +158,12 @@ class LabelSpace:
         return tuple(
             c for c, s in zip(self.classes, shares, strict=True) if s > 0 and s >= min_share
         )
+
+
+def _listed(values: list, limit: int = 10) -> str:
+    """``values`` as ``1, 2, 3``, the first ``limit`` of them and how many more."""
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(map(str, values[:limit])) + more
 
 
 def majority_resize(labels: np.ndarray, scale: float) -> np.ndarray:

@@ -80,7 +80,7 @@ from histo_wsss.training import (
 )
 from histo_wsss.weights import load_state as load_weights
 from histo_wsss.weights import parse as parse_weights
-from histo_wsss.weights import resnet_arch
+from histo_wsss.weights import recorded_config, resnet_arch
 
 __all__ = [
     "ARCHS",
@@ -576,7 +576,9 @@ def train(
 
     ``checkpoint_path`` is (re)written, atomically, whenever an epoch beats the best so far by
     ``selection_metric``: ``torch.save`` of ``{"arch", "state_dict" (CPU tensors), "epoch",
-    "metrics" (that epoch's row without ``seconds``), "config" (the resolved config)}``.
+    "metrics" (that epoch's row without ``seconds``), "config" (the resolved config, a local
+    ``weights`` file by its name only: the checkpoint does not depend on the folder a run lives
+    in)}``.
     ``metrics_path`` (CSV, columns :data:`METRICS_COLUMNS`, one row per epoch) is rewritten
     atomically after every epoch; ``epoch`` counts from 1 as the log does, ``lr`` is the mean
     learning rate over the epoch's steps, ``trainable`` the trainable blocks joined by ``+``,
@@ -751,7 +753,7 @@ def _train(
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "epoch": epoch + 1,
                     "metrics": best,
-                    "config": cfg,
+                    "config": recorded_config(cfg, "weights"),
                 },
             )
         log.info(

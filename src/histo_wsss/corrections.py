@@ -29,7 +29,6 @@ import pandas as pd
 from PIL import Image
 
 from histo_wsss.classes import IGNORE, LabelSpace, majority_resize
-from histo_wsss.dataset import _mask_problem
 from histo_wsss.io import scale_mask, write_csv
 from histo_wsss.qupath import GeoJSONError, class_labels, rasterize, read_geojson
 
@@ -112,7 +111,7 @@ def read_correction(
     dataset's masks do, or names a class that is not one of the dataset's."""
     path = str(path)
     if Path(path).suffix.lower() == ".png":
-        problem = _mask_problem(Path(path), (size[1], size[0]), space)
+        problem, _ = space.check_mask(path, (size[1], size[0]))
         if problem:
             raise CorrectionError(f"{path}: {problem}")
         return space.read_truth(path), []

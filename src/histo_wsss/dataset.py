@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from histo_wsss.classes import FORMATS, IGNORE, TAG_SEPARATOR, LabelSpace
+from histo_wsss.io import open_image
 
 NAME_COLUMN = "Image Name"
 LABEL_COLUMN = "Majority Vote Label"
@@ -44,6 +45,9 @@ MAX_LISTED = 20
 # and the classifier must see both classes in training and in validation.
 MIN_CLASS_IMAGES = 2
 IMAGE_LABEL_SOURCES = ("csv", "masks")
+# Threads that read the dataset's files when they are checked: PIL decodes, zlib inflates and
+# checksums with the GIL released (benchmarks/validation.py, docs/benchmarks.md section 7).
+CHECK_THREADS = min(8, os.cpu_count() or 1)
 
 
 class DatasetError(ValueError):
@@ -140,24 +144,12 @@ def wildcard_problem(path: str) -> str | None:
     return None
 
 
-def _open_image(path: Path) -> Image.Image:
-    """``PIL.Image.open``, trying first only the format the file's extension names (a PNG's
-    header is then read in 60 % of the time: 60,000 files are checked at DAG build)."""
-    hint = Image.registered_extensions().get(path.suffix.lower())
-    if hint:
-        try:
-            return Image.open(path, formats=(hint,))
-        except UnidentifiedImageError:
-            pass  # not what its extension says: let PIL try every format
-    return Image.open(path)
-
-
 def _image_problem(path: Path) -> tuple[str | None, tuple[int, int]]:
     """Why ``path`` is not a readable RGB image (None if it is one), and its size."""
     if not path.is_file():
         return f"image file not found: {path}", (0, 0)
     try:
-        with _open_image(path) as img:
+        with open_image(path) as img:
             mode, size = img.mode, img.size
             # Every byte, so that a truncated or corrupt file fails now: a PNG's chunk checksums
             # show it at a tenth of the cost of decoding it; other formats are decoded.
@@ -171,65 +163,21 @@ def _image_problem(path: Path) -> tuple[str | None, tuple[int, int]]:
     return None, size
 
 
-def _listed(values: list, limit: int = 10) -> str:
-    """``values`` as ``1, 2, 3``, the first ``limit`` of them and how many more."""
-    more = f" and {len(values) - limit} more" if len(values) > limit else ""
-    return ", ".join(map(str, values[:limit])) + more
-
-
-def _mask_problem(mask: Path, size: tuple[int, int], space: LabelSpace) -> str | None:
-    """Why ``mask`` is not a readable mask of an image of ``size`` (None if it is one).
-
-    Its values, read as :meth:`histo_wsss.classes.LabelSpace.read_truth` reads them, must be in
-    the allowed set: for binary masks (greyscale) 0 and one positive value, the mask's largest (a
-    mask with stray values, e.g. JPEG noise around 0, would make every such pixel positive); for
-    class-index masks (one channel: mode L or P) the class indices and the ignore index.
-    """
-    allowed = space.mask_values()
-    if not mask.is_file():
-        return f"mask file not found: {mask}"
-    try:
-        with _open_image(mask) as m:
-            if m.size != size:
-                (mw, mh), (iw, ih) = m.size, size
-                return f"mask {mask} is {mw}x{mh} px but the image is {iw}x{ih} px"
-            if allowed is not None and m.mode not in ("L", "P"):
-                return (
-                    f"mask {mask} has mode {m.mode}: a class-index mask has one channel of "
-                    "class indices (mode L or P)"
-                )
-            # decodes it (a truncated mask fails here); greyscale as read_mask reads it, without
-            # a copy when it is greyscale already (a quarter of the check's time); the indices
-            # themselves for a class-index mask
-            counts = (m if m.mode == "L" or allowed else m.convert("L")).histogram()
-    except (OSError, SyntaxError) as err:
-        return f"unreadable mask {mask}: {err}"
-    values = [v for v, n in enumerate(counts) if n]
-    if allowed is not None:
-        unexpected = [v for v in values if v not in allowed]
-        if unexpected:
-            return (
-                f"mask {mask} has values {_listed(unexpected)} outside the class indices "
-                f"0..{space.k - 1} ({', '.join(space.classes)}) and the ignore index "
-                f"{space.ignore_index}"
-            )
-        return None
-    allowed = {0, values[-1]}
-    unexpected = [v for v in values if v not in allowed]
-    if unexpected:
-        return (
-            f"mask {mask} has values {_listed(unexpected)} besides {sorted(allowed)}: a mask "
-            "holds 0 and one positive value (save it losslessly, e.g. as PNG, not JPEG)"
-        )
-    return None
-
-
-def _file_problems(image: Path, mask: Path | None, space: LabelSpace) -> list[str]:
-    """What is wrong with an image and its mask (``None``: no mask folder)."""
-    problem, size = _image_problem(image)
-    if problem is None and mask is not None:
-        problem = _mask_problem(mask, size, space)
-    return [problem] if problem else []
+def _file_problems(
+    image: Path, mask: Path | None, trusted: bool, space: LabelSpace
+) -> tuple[list[str], tuple[str, ...]]:
+    """What is wrong with an image and its mask (``None``: no mask folder), and the classes the
+    mask holds (:meth:`LabelSpace.check_mask`: one decode gives both). ``trusted``: files that an
+    earlier manifest lists unchanged: not checked again, only the mask read for its classes."""
+    size = None
+    if not trusted:
+        problem, size = _image_problem(image)
+        if problem:
+            return [problem], ()
+    if mask is None:
+        return [], ()
+    problem, tags = space.check_mask(mask, size)
+    return [problem] if problem else [], tags
 
 
 MANIFEST_KEY = ("image", "image_bytes", "image_mtime_ns", "mask", "mask_bytes", "mask_mtime_ns")
@@ -299,6 +247,29 @@ def _class_counts(spec: DatasetSpec, labels: pd.Series, tags: pd.Series) -> dict
     return {c: int(tag_sets.map(lambda t, c=c: c in t).sum()) for c in spec.classes}
 
 
+def _read_files(
+    spec: DatasetSpec,
+    names: Sequence[str],
+    masks: Sequence[Path | None],
+    checked: Collection[tuple[str, ...]],
+    from_masks: bool,
+) -> dict[int, tuple[list[str], tuple[str, ...]]]:
+    """:func:`_file_problems` of each row that names a file, by row index, for the files that
+    ``checked`` does not hold unchanged, and for every mask when the labels come from the masks
+    (``from_masks``), in :data:`CHECK_THREADS` threads."""
+    to_read = {}  # row index: (image, mask, trusted)
+    for i, (name, mask) in enumerate(zip(names, masks, strict=True)):
+        if name:
+            image = spec.images / name
+            trusted = bool(checked) and _files_key(image, mask) in checked
+            if not trusted or from_masks:
+                to_read[i] = (image, mask, trusted)
+    space = spec.label_space
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        found = pool.map(lambda files: _file_problems(*files, space), to_read.values())
+        return dict(zip(to_read, found, strict=True))
+
+
 def load_labels(
     spec: DatasetSpec,
     checked: Collection[tuple[str, ...]] = (),
@@ -355,6 +326,8 @@ def load_labels(
         else pd.Series(spec.classes[-1], index=table.index)  # replaced from the masks below
     )
     masks = [spec.masks / f"{stem}.png" if spec.masks is not None else None for stem in stems]
+    from_masks = spec.image_labels == "masks"
+    files = _read_files(spec, names, masks, checked, from_masks)
     problems: list[str] = []
     tags = []
     rows = zip(names, stems, cells, partitions, duplicated, stem_clash, masks, strict=True)
@@ -373,12 +346,10 @@ def load_labels(
         errs.extend(tag_errs)
         if partition not in PARTITIONS:
             errs.append(f"unknown partition {partition!r} (expected train or test)")
-        if name:
-            image = spec.images / name
-            if not checked or _files_key(image, mask) not in checked:
-                errs.extend(_file_problems(image, mask, space))
-        if not errs and spec.image_labels == "masks":
-            tags[-1] = space.join(space.tags_of(space.read_truth(mask)))
+        file_errs, mask_tags = files.get(i, ([], ()))
+        errs.extend(file_errs)
+        if not errs and from_masks:
+            tags[-1] = space.join(mask_tags)
             if spec.format == "tags" and not tags[-1]:
                 errs.append(f"no tags: its mask {mask} holds no class, only the ignore index")
         # row numbers as in a spreadsheet: +2 for the header line and 1-based numbering

@@ -16,8 +16,12 @@ and the label map it learned from (its *target*: the pseudo-mask, or the user's 
   head doubting the image-level label (a label error, or a lesion the network cannot find).
 
 The queue ranks the images by the weighted mean of the three (``review.weights``); the reason
-given is the score that contributes most, in words. Corrected images have had their look: they
-are ranked last and never in the round. The round is the first ``review.k`` of the rest.
+given is the score that contributes most, in words. Negative images come after the positive
+ones: their target is empty by their label, so a correction cannot change it (a look can only
+question the label). Corrected images have had their look: they are ranked last and never in
+the round. The round is the first ``review.k`` of the rest. On GlaS, a queue ranked on the
+score alone filled its first rounds with benign images that the network painted malignant
+(docs/review.md).
 """
 
 from __future__ import annotations
@@ -107,16 +111,19 @@ def review_queue(table: pd.DataFrame, weights: Mapping[str, float], k: int) -> p
     ``corrected`` and the :data:`SCORES` with ``iou_prediction_vs_target``; ``head_class`` for K
     classes) for review.
 
-    Returns :data:`QUEUE_COLUMNS`, best first: uncorrected images by ``score`` (the
-    ``weights``-weighted mean of the scores; ties by name), then the corrected ones;
-    ``in_round`` marks the first ``k`` uncorrected images.
+    Returns :data:`QUEUE_COLUMNS`, best first: uncorrected positive images by ``score`` (the
+    ``weights``-weighted mean of the scores; ties by name), uncorrected negative images by
+    ``score``, then the corrected ones; ``in_round`` marks the first ``k`` uncorrected images.
     """
     total = sum(weights[s] for s in SCORES)
     out = table.copy()
     if "head_class" not in out.columns:
         out["head_class"] = ""
     out["score"] = sum(weights[s] * out[s] for s in SCORES) / total
-    out = out.sort_values(["corrected", "score", "name"], ascending=[True, False, True])
+    out["negative"] = out["label"] == 0
+    out = out.sort_values(
+        ["corrected", "negative", "score", "name"], ascending=[True, True, False, True]
+    )
     out["rank"] = np.arange(1, len(out) + 1)
     out["in_round"] = ~out["corrected"] & (out["rank"] <= k)
     out["reason"] = [

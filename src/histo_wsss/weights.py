@@ -47,6 +47,7 @@ __all__ = [
     "local_file",
     "parse",
     "read_state",
+    "recorded_config",
     "resnet_arch",
 ]
 
@@ -79,6 +80,13 @@ def local_file(value: str | os.PathLike | None) -> str | None:
     """The local weights file that ``value`` names, or ``None`` (random init or a keyword)."""
     weights = parse(value)
     return None if weights is None or weights in KEYWORDS else weights
+
+
+def recorded_config(cfg: Mapping, key: str) -> dict:
+    """``cfg`` as a checkpoint records it: the local weights file of ``cfg[key]`` by its name
+    only (its path may hold the run's folder, and the checkpoint must not depend on it)."""
+    weights = local_file(cfg[key])
+    return {**cfg, key: Path(weights).name} if weights else dict(cfg)
 
 
 # Blocks per stage of torchvision's ResNets, and whether they are bottleneck blocks (conv3).
