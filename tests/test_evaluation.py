@@ -86,7 +86,7 @@ def test_has_path():
 
 
 def test_per_image_counts_and_scores_by_hand(rows):
-    table = evaluate_images(rows).set_index("name")
+    table = evaluate_images(rows)[0].set_index("name")
     a = table.loc["A"]
     assert (a.pseudo_tp, a.pseudo_fp, a.pseudo_fn, a.pseudo_tn) == (2, 2, 2, 10)
     assert a.pseudo_iou == pytest.approx(2 / 6)
@@ -116,13 +116,13 @@ def test_per_image_counts_and_scores_by_hand(rows):
 
 
 def test_threshold_argument(rows):
-    table = evaluate_images(rows[:1], threshold=0.55)
+    table, _ = evaluate_images(rows[:1], threshold=0.55)
     assert table.loc[0, "pred_area"] == 3
     assert (table.loc[0, "pseudo_tp"], table.loc[0, "pseudo_fp"]) == (1, 2)
 
 
 def test_positive_mean_differs_from_pooled(rows):
-    val = summarize(evaluate_images(rows))["val"]
+    val = summarize(*evaluate_images(rows))["val"]
     pos, pooled = val["pseudo"]["positive_mean"], val["pseudo"]["pooled"]
     # positive images A (iou 1/3) and D (iou 0); negatives B and C are skipped
     assert pos["iou"] == pytest.approx((2 / 6 + 0) / 2)
@@ -148,7 +148,7 @@ def test_positive_mean_differs_from_pooled(rows):
 
 
 def test_all_positive_baseline_and_two_class_miou(rows):
-    val = summarize(evaluate_images(rows))["val"]
+    val = summarize(*evaluate_images(rows))["val"]
     # every pixel of A (pseudo-mask 4 of 16 px) and D (1 of 16) predicted positive
     baseline = val["pseudo"]["all_positive_baseline"]
     assert baseline["iou"] == pytest.approx((4 / 16 + 1 / 16) / 2)
@@ -161,7 +161,7 @@ def test_all_positive_baseline_and_two_class_miou(rows):
 
 def test_a_negative_image_gets_no_iou_dice_precision_or_recall(rows, tmp_path):
     # on its empty reference they would be 1 (C: nothing predicted) or 0 (B): no score to average
-    table = evaluate_images([rows[0], *rows[1:3], {**rows[0], "name": "N", "label": 0}])
+    table, _ = evaluate_images([rows[0], *rows[1:3], {**rows[0], "name": "N", "label": 0}])
     negatives = table[table["label"] == 0]
     for ref in ("pseudo", "truth"):
         for metric in ("iou", "dice", "precision", "recall"):
@@ -176,7 +176,7 @@ def test_a_negative_image_gets_no_iou_dice_precision_or_recall(rows, tmp_path):
 
 
 def test_share_of_negative_images_with_positive_pixels_and_area(rows):
-    val = summarize(evaluate_images(rows))["val"]
+    val = summarize(*evaluate_images(rows))["val"]
     assert (val["n_images"], val["n_positive"], val["n_negative"]) == (4, 2, 2)
     assert val["negative_images_with_positive_pixels"] == 0.5  # B has predicted pixels, C none
     assert "negative_fp_rate" not in val  # a share of images, not a false-positive pixel rate
@@ -185,7 +185,7 @@ def test_share_of_negative_images_with_positive_pixels_and_area(rows):
 
 
 def test_head_accuracy_and_auc(rows):
-    summary = summarize(evaluate_images(rows))
+    summary = summarize(*evaluate_images(rows))
     # val: A 0.9 (1, right), D 0.4 (1, wrong), B 0.6 (0, wrong), C 0.1 (0, right)
     assert summary["val"]["head_accuracy"] == 0.5
     # positive/negative pairs ranked right: 0.9>0.6, 0.9>0.1, 0.4>0.1 (not 0.4>0.6): 3 of 4
@@ -196,12 +196,12 @@ def test_head_accuracy_and_auc(rows):
 
 
 def test_nan_becomes_none_and_json_ready(rows):
-    summary = summarize(evaluate_images(rows))
+    summary = summarize(*evaluate_images(rows))
     test = summary["test"]
     assert test["negative_images_with_positive_pixels"] is None  # no negative image
     assert test["negative_mean_area_fraction"] is None
     assert "truth" not in test  # no ground truth in this split
-    negatives_only = summarize(evaluate_images(rows[1:3]))["val"]
+    negatives_only = summarize(*evaluate_images(rows[1:3]))["val"]
     assert all(v is None for v in negatives_only["pseudo"]["positive_mean"].values())
     assert set(negatives_only["pseudo"]["positive_mean"]) == set(METRICS)
     assert negatives_only["head_auc"] is None
@@ -212,7 +212,7 @@ def test_nan_becomes_none_and_json_ready(rows):
 
 
 def test_mixed_truth_summarised_over_images_with_truth(rows):
-    val = summarize(evaluate_images(rows))["val"]
+    val = summarize(*evaluate_images(rows))["val"]
     truth = val["truth"]
     assert truth["n_images"] == 1 and truth["n_positive"] == 1  # only A has ground truth
     assert truth["positive_mean"]["iou"] == pytest.approx(2 / 5)
@@ -222,7 +222,7 @@ def test_mixed_truth_summarised_over_images_with_truth(rows):
 
 def test_missing_truth_has_no_truth_columns_or_keys(rows):
     no_truth = [{k: v for k, v in r.items() if k != "truth_path"} for r in rows[1:]]
-    table = evaluate_images(no_truth)
+    table, _ = evaluate_images(no_truth)
     assert not [c for c in table.columns if c.startswith("truth")]
     assert "pseudo_iou" in table.columns
     summary = summarize(table)
@@ -235,9 +235,9 @@ def test_rows_from_csv_with_empty_truth_cells(rows, tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
     frame = pd.read_csv(path)  # empty truth_path cells come back as NaN
     assert frame["truth_path"].isna().sum() == 4
-    table = evaluate_images(frame)
+    table, _ = evaluate_images(frame)
     assert table["truth_tp"].notna().tolist() == [True, False, False, False, False]
-    tuples = evaluate_images(frame.itertuples(index=False))  # objects with attributes
+    tuples, _ = evaluate_images(frame.itertuples(index=False))  # objects with attributes
     pd.testing.assert_frame_equal(tuples, table)
 
 
@@ -252,7 +252,7 @@ def test_bad_inputs(rows, tmp_path):
 
 
 def test_summary_lines_put_each_split_and_reference_in_words(rows):
-    lines = summary_lines(summarize(evaluate_images(rows)))
+    lines = summary_lines(summarize(evaluate_images(rows)[0]))
     assert lines[0] == (
         "val: 4 images (2 positive); head accuracy 0.5000, ROC AUC 0.7500; "
         "negative images with positive pixels 0.5000 of 2"

@@ -238,7 +238,7 @@ def test_glas_runs_every_stage_at_each_images_size(glas_run):
     predictions = results / "segmentation" / "predictions"
     held_out = split.loc[split["split"] != "train", "name"]
     for name in held_out:
-        assert np.load(predictions / "probs" / f"{name}.npy").shape == sizes[name]
+        assert np.load(predictions / "probs" / f"{name}.npy").shape == (1, *sizes[name])
         assert read_mask(predictions / "masks" / f"{name}.png").shape == sizes[name]
 
 

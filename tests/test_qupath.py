@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from histo_wsss.classes import LabelSpace
 from histo_wsss.corrections import CorrectionError, list_corrections, make_targets, read_correction
 from histo_wsss.io import read_mask, scaled_size, write_png
 from histo_wsss.qupath import (
     Label,
-    binary_labels,
+    class_colors,
+    class_labels,
     mask_features,
     rasterize,
     read_geojson,
@@ -27,6 +29,7 @@ SHARED = REPO.parent / "shared" / "data"
 GLANDS = SHARED / "glas-train" / "gland-masks"
 LUAD = SHARED / "wsss4luad-masked" / "masks"
 GLAND = [Label(255, "gland", (200, 0, 0))]
+GLANDS_SPACE = LabelSpace(("gland",))  # a binary dataset whose positive class is gland
 
 
 def _data(folder: Path, every: int) -> list[Path]:
@@ -165,7 +168,7 @@ def test_a_bad_geojson_correction_is_an_error_naming_it(tmp_path, content, messa
     path = tmp_path / "demo_0001.geojson"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(CorrectionError) as err:
-        read_correction(path, (10, 10), GLAND)
+        read_correction(path, (10, 10), GLANDS_SPACE)
     assert str(path) in str(err.value) and message in str(err.value)
 
 
@@ -193,10 +196,10 @@ def test_png_corrections_are_checked_in_full(tmp_path):
     path = tmp_path / "a.png"
     write_png(path, np.ones((6, 8), bool))
     with pytest.raises(CorrectionError, match="is 8x6 px but the image is 8x7 px"):
-        read_correction(path, (7, 8), GLAND)
+        read_correction(path, (7, 8), GLANDS_SPACE)
     path.write_bytes(path.read_bytes()[:40])  # half-written
     with pytest.raises(CorrectionError, match=f"{path}: unreadable mask"):
-        read_correction(path, (6, 8), GLAND)
+        read_correction(path, (6, 8), GLANDS_SPACE)
 
 
 def test_targets_are_written_at_the_working_scale_and_a_test_image_is_refused(tmp_path):
@@ -211,23 +214,32 @@ def test_targets_are_written_at_the_working_scale_and_a_test_image_is_refused(tm
     paths = {n: str(images / f"{n}.png") for n in ("a", "b")}
     table = list_corrections(folder, paths)
     out = tmp_path / "targets"
-    made = make_targets(table, paths, split, GLAND, 0.5, 3, out, log=None)
+    made = make_targets(table, paths, split, GLANDS_SPACE, 0.5, 3, out, log=None)
     assert made[["name", "split", "weight", "area_fraction"]].values.tolist() == [
         ["a", "train", 3, 0.5]
     ]
     assert read_mask(out / "masks" / "a.png").shape == (10, 16)
     write_png(folder / "b.png", np.ones((20, 32), bool))
     with pytest.raises(CorrectionError, match="b.png: b is a test image"):
-        make_targets(list_corrections(folder, paths), paths, split, GLAND, 0.5, 1, out, None)
+        make_targets(list_corrections(folder, paths), paths, split, GLANDS_SPACE, 0.5, 1, out, None)
 
 
-def test_binary_labels_draw_the_positive_class_in_its_colour():
-    assert binary_labels(["normal", "lesion"], "lesion", {}) == [
-        Label(255, "lesion", (255, 127, 14))  # tab10's second colour
+def test_class_labels_draw_each_class_of_a_label_map_in_its_colour():
+    # a binary dataset: label 1 is its positive class, in the colour it had as value 255
+    colors = class_colors(["normal", "lesion"], {})
+    assert class_labels(LabelSpace(("lesion",)), colors) == [
+        Label(1, "lesion", (255, 127, 14))  # tab10's second colour
     ]
-    assert binary_labels(["normal", "lesion"], "lesion", {"lesion": [200, 0, 0]})[0].color == (
-        200, 0, 0,
-    )  # fmt: skip
+    colors = class_colors(["normal", "lesion"], {"lesion": [200, 0, 0]})
+    assert class_labels(LabelSpace(("lesion",)), colors)[0].color == (200, 0, 0)
+    three = LabelSpace(("tumor", "stroma", "lymphocytes"), 255)
+    labels = class_labels(three, class_colors(three.classes, {}))
+    assert [(lb.value, lb.name) for lb in labels] == [
+        (1, "tumor"),
+        (2, "stroma"),
+        (3, "lymphocytes"),
+    ]
+    assert len({lb.color for lb in labels}) == 3
 
 
 def test_the_queue_ranks_positives_by_weighted_score_then_negatives_and_skips_corrected():

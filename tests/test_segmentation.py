@@ -409,6 +409,8 @@ def test_augmentation_moves_image_and_mask_together():
         image[mask] = 250
         data.images.append(image)
         data.masks.append(mask)
+    data.masks = [m.astype(np.uint8) for m in data.masks]  # label maps: 1 the one class
+    data.k, data.tags = 1, np.ones((2, 1), np.float32)
     data.labels = np.array([1, 1])
     data.paths = ["a", "b"]
     aug = {**DEFAULTS["augment"], "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
@@ -481,10 +483,10 @@ def test_predict_yields_maps_at_each_image_size(trained, data, tmp_path):
     assert [r[0] for r in results] == paths
     shapes = [(64, 64), (64, 64), (100, 75), (64, 64), (40, 56)]
     for (_, prob, head), shape in zip(results, shapes, strict=True):
-        assert prob.shape == shape and prob.dtype == np.float32
+        assert prob.shape == (1, *shape) and prob.dtype == np.float32  # K = 1 class
         assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
-        assert isinstance(head, float) and 0 <= head <= 1
+        assert head.shape == (1,) and 0 <= head[0] <= 1
     one_by_one = list(predict(model, paths, batch_size=1))
     for (_, a, ha), (_, b, hb) in zip(results, one_by_one, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
-        assert ha == pytest.approx(hb, abs=1e-5)
+        np.testing.assert_allclose(ha, hb, atol=1e-5)

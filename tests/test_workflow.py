@@ -102,7 +102,7 @@ def test_segmentation_predictions_evaluation_and_figures(run):
     assert sorted(predictions["name"]) == sorted(split["name"])
     name = held_out["name"].iloc[0]
     prob = np.load(results / "segmentation" / "predictions" / "probs" / f"{name}.npy")
-    assert prob.dtype == np.float16 and prob.shape == (96, 96)
+    assert prob.dtype == np.float16 and prob.shape == (1, 96, 96)  # K = 1 class
     assert 0 <= prob.min() and prob.max() <= 1
     per_image = pd.read_csv(results / "segmentation" / "per_image.csv")
     assert {"pseudo_iou", "truth_iou", "head_prob"} <= set(per_image.columns)
@@ -117,6 +117,24 @@ def test_segmentation_predictions_evaluation_and_figures(run):
     assert {"pseudo", "truth", "negative_images_with_positive_pixels", "head_accuracy"} <= set(
         summary["test"]
     )
+    # the K-class scores of the one class (K = 1) beside the binary ones, and the baselines
+    truth = summary["test"]["truth"]
+    assert list(truth["classes"]) == truth["confusion"]["labels"] == ["background", "lesion"]
+    assert truth["classes"]["lesion"]["iou"] == pytest.approx(truth["pooled"]["iou"])
+    assert truth["miou"] == pytest.approx(truth["pooled"]["miou"])
+    assert set(truth["baselines"]) == {"majority_class", "most_frequent_tag"}
+    assert 0 <= truth["baselines"]["most_frequent_tag"]["miou"] <= 1
+    confusion = pd.read_csv(results / "segmentation" / "confusion.csv")
+    assert list(confusion.columns) == [
+        "name",
+        "split",
+        "reference",
+        "truth_label",
+        "pred_label",
+        "pixels",
+    ]
+    test_truth = confusion[(confusion["split"] == "test") & (confusion["reference"] == "truth")]
+    assert test_truth["pixels"].sum() == sum(map(sum, truth["confusion"]["matrix"]))
     table = pd.read_csv(results / "segmentation" / "metrics_table.csv")
     assert sorted(table["split"]) == ["test", "val"]
     for figure in (

@@ -1,9 +1,14 @@
 """Corrected masks: what a user drops into the ``corrections.folder`` after a review round.
 
 A correction is named after its image (``<image name>.png`` or ``.geojson``/``.json``) and drawn
-at the image's full resolution: a PNG mask in the dataset's mask format (0 and one positive
-value), or a GeoJSON file exported from QuPath (:mod:`histo_wsss.qupath`; its classes must be
-the exported ones). It replaces the image's pseudo-mask as the segmentation target.
+at the image's full resolution: a PNG mask in the dataset's mask format, read by the rules of its
+real masks (:meth:`histo_wsss.classes.LabelSpace.read_truth`: a binary dataset's 0 and one
+positive value; a ``tags`` dataset's class indices ``0..K-1`` and its ignore index, which
+leaves those pixels out of training), or a GeoJSON file exported from QuPath
+(:mod:`histo_wsss.qupath`; each annotation's classification names one of the dataset's classes,
+as the export writes them; what no annotation covers is background). It replaces the image's
+pseudo-mask as the segmentation target: a label map at the working scale, written as the
+pseudo-masks are (:meth:`~histo_wsss.classes.LabelSpace.write_labels`).
 
 The folder is listed when the DAG is built (:func:`list_corrections`; hidden files, e.g. a
 copy in progress, are skipped) and its names, sizes and times feed a digest, as the dataset
@@ -16,16 +21,16 @@ or malformed one stops the run naming the file instead of entering training.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from histo_wsss.classes import LabelSpace
-from histo_wsss.io import read_mask, scale_mask, write_csv, write_png
-from histo_wsss.qupath import GeoJSONError, Label, rasterize, read_geojson
+from histo_wsss.classes import IGNORE, LabelSpace, majority_resize
+from histo_wsss.io import scale_mask, write_csv
+from histo_wsss.qupath import GeoJSONError, class_labels, rasterize, read_geojson
 
 SUFFIXES = (".png", ".geojson", ".json")
 #: Columns of :func:`list_corrections`; ``file``, ``file_bytes``, ``file_mtime_ns`` identify a
@@ -97,40 +102,49 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def read_correction(
-    path: str | os.PathLike, size: tuple[int, int], labels: Sequence[Label]
+    path: str | os.PathLike, size: tuple[int, int], space: LabelSpace
 ) -> tuple[np.ndarray, list[str]]:
-    """The full-resolution foreground mask (bool) of a correction of an image of ``size``
-    (height, width), and notes on repaired geometries. Raises :class:`CorrectionError` naming
-    the file when it cannot be read in full, is of another size, holds other values than a
-    mask does, or names a class that is not one of ``labels``."""
+    """The full-resolution label map (uint8: 0 background, ``c`` class ``c - 1``, 255
+    unlabelled) of a correction of an image of ``size`` (height, width) in a dataset of the
+    label ``space``, and notes on repaired geometries. Raises :class:`CorrectionError` naming
+    the file when it cannot be read in full, is of another size, holds other values than the
+    dataset's masks do, or names a class that is not one of the dataset's."""
     path = str(path)
     if Path(path).suffix.lower() == ".png":
-        # a PNG correction is a binary mask (0 and one positive value), as a binary dataset's
-        space = LabelSpace(tuple(label.name for label in labels))
         problem, _ = space.check_mask(path, (size[1], size[0]))
         if problem:
             raise CorrectionError(f"{path}: {problem}")
-        return read_mask(path), []
+        return space.read_truth(path), []
     try:
-        areas, notes = read_geojson(path, labels, size)
+        areas, notes = read_geojson(path, class_labels(space), size)
     except GeoJSONError as err:
         raise CorrectionError(str(err)) from None
-    return rasterize(areas, size) > 0, notes
+    return rasterize(areas, size), notes
+
+
+def scale_labels(labels: np.ndarray, scale: float, space: LabelSpace) -> np.ndarray:
+    """A full-resolution label map resized by ``scale`` as the dataset's real masks are
+    (:meth:`histo_wsss.classes.LabelSpace.read_truth`): a binary mask as
+    :func:`histo_wsss.io.read_mask` resizes it, a class-index one by majority."""
+    if space.ignore_index is None:
+        return scale_mask(labels == 1, scale).astype(np.uint8)
+    return majority_resize(labels, scale)
 
 
 def make_targets(
     corrections: pd.DataFrame,
     images: Mapping[str, str],
     split: pd.DataFrame,
-    labels: Sequence[Label],
+    space: LabelSpace,
     scale: float,
     weight: int,
     out_dir: str | os.PathLike,
     log,
 ) -> pd.DataFrame:
     """Check every correction and write it as a segmentation target: ``masks/<name>.png`` at
-    the working ``scale`` (0/255, as the pseudo-masks) and :data:`TABLE` (:data:`COLUMNS`,
-    ``split``, ``weight``, ``area_fraction``) in ``out_dir``.
+    the working ``scale`` (a label map of ``space``, as the pseudo-masks: 0/255 for a binary
+    dataset) and :data:`TABLE` (:data:`COLUMNS`, ``split``, ``weight``, ``area_fraction``: the
+    share of the target's pixels that hold a class) in ``out_dir``.
 
     ``images``: the original image of each corrected name; ``split``: the split table (a test
     image's correction is an error: the test images stay out of training).
@@ -144,17 +158,17 @@ def make_targets(
                 f"{row.file}: {row.name} is a test image; its mask must stay out of training "
                 "(correct train or val images only)"
             )
-        mask, notes = read_correction(row.file, image_size(images[row.name]), labels)
+        labels, notes = read_correction(row.file, image_size(images[row.name]), space)
         for note in notes:
             log.warning("%s", note)
-        target = scale_mask(mask, scale)
-        write_png(out_dir / "masks" / f"{row.name}.png", target)
+        target = scale_labels(labels, scale, space)
+        space.write_labels(out_dir / "masks" / f"{row.name}.png", target)
         rows.append(
             {
                 **row._asdict(),
                 "split": splits[row.name],
                 "weight": weight,
-                "area_fraction": round(float(target.mean()), 6),
+                "area_fraction": round(float(np.mean((target > 0) & (target != IGNORE))), 6),
             }
         )
     table = pd.DataFrame(rows, columns=[*COLUMNS, "split", "weight", "area_fraction"])

@@ -8,9 +8,11 @@ of the full-resolution image, and ``properties`` with ``objectType`` (``"annotat
 docs/qupath.md says how this module's output was checked against that format.
 
 A mask holds one value per pixel; :class:`Label` says which values are classes to draw (value,
-class name, colour): today's binary masks are the instance ``[Label(255, positive class)]``, a
-class-index mask (value i = ``dataset.classes[i]``) one label per class; values without a label
-(background, an ignore index) are not drawn.
+class name, colour): the workflow's label maps (:mod:`histo_wsss.classes`, read with
+:meth:`~histo_wsss.classes.LabelSpace.read_labels`) are the instance :func:`class_labels`, value
+``c`` for class ``c - 1`` (K = 1: the positive class); a dataset's class-index mask (value i =
+``dataset.classes[i]``) has one label per class too; values without a label (background, an
+ignore index) are not drawn.
 
 Geometry. Pixel ``(x, y)`` covers the square ``[x, x+1] x [y, y+1]``. :func:`mask_features`
 traces each region with OpenCV (``findContours``, ``RETR_CCOMP``: outer boundaries and their
@@ -36,6 +38,7 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
+from histo_wsss.classes import LabelSpace
 from histo_wsss.io import atomic_path
 
 #: Decimals kept of a coordinate in the written GeoJSON (a hundredth of a pixel).
@@ -68,12 +71,17 @@ def class_colors(classes: Sequence[str], colors: Mapping[str, Sequence[int]]) ->
     }
 
 
-def binary_labels(
-    classes: Sequence[str], positive_class: str, colors: Mapping[str, Sequence[int]]
+def class_labels(
+    space: LabelSpace, colors: Mapping[str, Sequence[int]] | None = None
 ) -> list[Label]:
-    """The labels of a binary mask (0 and 255, :func:`histo_wsss.io.write_png` of a boolean
-    mask): the positive class only; the other class is the unannotated rest."""
-    return [Label(255, positive_class, class_colors(classes, colors)[positive_class])]
+    """The labels of the workflow's label maps: value ``c`` is class ``space.classes[c - 1]``
+    (a binary dataset: its positive class; its negative class is the unannotated rest, like
+    background), in ``colors`` (class: RGB; a class not in it black: reading needs no colour)."""
+    colors = colors or {}
+    return [
+        Label(c + 1, name, tuple(int(v) for v in colors.get(name, (0, 0, 0))))
+        for c, name in enumerate(space.classes)
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,15 +1,19 @@
 """The review queue: which training images a human look is worth most, and why.
 
 Each train image gets three scores in [0, 1], from the segmentation network's prediction
-(``results/segmentation/predictions``) and the mask it learned from (its *target*: the
-pseudo-mask, or the user's correction):
+(``results/segmentation/predictions``: K class probability maps, K = 1 for a binary dataset)
+and the label map it learned from (its *target*: the pseudo-mask, or the user's correction):
 
-* ``uncertainty``: the mean binary entropy (bits) of the predicted probabilities -- 1 where
-  every pixel is at 0.5, 0 where every pixel is certain;
-* ``disagreement_vs_target``: ``1 - IoU`` between the predicted mask (``prob >= threshold``)
-  and the target (both empty: 0, no disagreement);
-* ``head_vs_label``: ``|head probability - image label|``: the classification head doubting the
-  image-level label (a label error, or a lesion the network cannot find).
+* ``uncertainty``: the pixels' mean binary entropy (bits) of the predicted probabilities, per
+  pixel the highest over the K classes (a pixel is as uncertain as its least certain class
+  decision) -- 1 where every pixel is at 0.5, 0 where every pixel is certain;
+* ``disagreement_vs_target``: ``1 - IoU`` between the predicted label map
+  (:func:`histo_wsss.evaluation.predicted_labels`) and the target, the IoU being the mean over
+  the classes that either holds of each class's IoU (K = 1: the binary IoU; neither holds any
+  class: 0, no disagreement); unlabelled target pixels are left out;
+* ``head_vs_label``: ``|head probability - image label|``, for K classes the largest over the
+  classes of ``|head probability - tag|`` (``head_class`` names that class): the classification
+  head doubting the image-level label (a label error, or a lesion the network cannot find).
 
 The queue ranks the images by the weighted mean of the three (``review.weights``); the reason
 given is the score that contributes most, in words. Negative images come after the positive
@@ -28,9 +32,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from histo_wsss.classes import LabelSpace
+from histo_wsss.evaluation import BINARY, predicted_labels
 from histo_wsss.figures import figure
-from histo_wsss.io import read_mask, read_rgb
-from histo_wsss.metrics import confusion, scores_from_counts
+from histo_wsss.io import read_rgb
+from histo_wsss.metrics import label_confusion, label_counts, scores_from_counts
 
 SCORES = ("uncertainty", "disagreement_vs_target", "head_vs_label")
 QUEUE_COLUMNS = [
@@ -44,6 +50,7 @@ QUEUE_COLUMNS = [
     "head_prob",
     *SCORES,
     "iou_prediction_vs_target",
+    "head_class",
 ]
 
 
@@ -54,16 +61,34 @@ def entropy_bits(prob: np.ndarray) -> np.ndarray:
 
 
 def image_scores(
-    prob: np.ndarray, target: np.ndarray, threshold: float, head_prob: float, label: int
+    probs: np.ndarray,
+    target: np.ndarray,
+    threshold: float,
+    head_probs: np.ndarray,
+    tags: np.ndarray,
+    classes: Sequence[str] = BINARY.classes,
 ) -> dict:
-    """The :data:`SCORES` of one image (module docstring) and ``iou_prediction_vs_target``."""
-    pred = np.asarray(prob) >= threshold
-    iou = float(scores_from_counts(*confusion(pred, target))["iou"])
+    """The :data:`SCORES` of one image (module docstring), ``iou_prediction_vs_target`` and
+    ``head_class`` (for K > 1). ``probs``: ``(K, H, W)`` (or ``(H, W)``: K = 1); ``target``: a
+    label map; ``head_probs`` and ``tags``: ``(K,)`` (or scalars: K = 1), of ``classes``."""
+    probs = np.asarray(probs, dtype=np.float32)
+    probs = probs[None] if probs.ndim == 2 else probs
+    k = len(probs)
+    cm = label_confusion(predicted_labels(probs, threshold), target, k + 1)
+    tp, fp, fn, _ = (c[1:] for c in label_counts(cm))
+    held = tp + fp + fn > 0
+    iou = (
+        float(scores_from_counts(tp[held], fp[held], fn[held], 0)["iou"].mean())
+        if held.any()
+        else 1.0
+    )
+    doubt = np.abs(np.atleast_1d(np.asarray(head_probs, np.float64)) - np.atleast_1d(tags))
     return {
-        "uncertainty": float(entropy_bits(prob).mean()),
+        "uncertainty": float(entropy_bits(probs).max(axis=0).mean()),
         "disagreement_vs_target": 1.0 - iou,
-        "head_vs_label": abs(float(head_prob) - int(label)),
+        "head_vs_label": float(doubt.max()),
         "iou_prediction_vs_target": iou,
+        "head_class": classes[int(doubt.argmax())] if k > 1 else "",
     }
 
 
@@ -75,13 +100,16 @@ def _reason(row: Mapping, weights: Mapping[str, float], target_word: str) -> str
         return f"uncertain prediction (mean entropy {row['uncertainty']:.2f} bits)"
     if key == "disagreement_vs_target":
         return f"prediction and {target_word} disagree (IoU {row['iou_prediction_vs_target']:.2f})"
+    if row.get("head_class"):
+        return f"head doubts the {row['head_class']} tag (|head probability - tag| {row[key]:.2f})"
     label = "positive" if row["label"] else "negative"
     return f"head doubts the label (head probability {row['head_prob']:.2f}, label {label})"
 
 
 def review_queue(table: pd.DataFrame, weights: Mapping[str, float], k: int) -> pd.DataFrame:
     """Rank the images of ``table`` (one row each: ``name``, ``label``, ``head_prob``,
-    ``corrected`` and the :data:`SCORES` with ``iou_prediction_vs_target``) for review.
+    ``corrected`` and the :data:`SCORES` with ``iou_prediction_vs_target``; ``head_class`` for K
+    classes) for review.
 
     Returns :data:`QUEUE_COLUMNS`, best first: uncorrected positive images by ``score`` (the
     ``weights``-weighted mean of the scores; ties by name), uncorrected negative images by
@@ -89,6 +117,8 @@ def review_queue(table: pd.DataFrame, weights: Mapping[str, float], k: int) -> p
     """
     total = sum(weights[s] for s in SCORES)
     out = table.copy()
+    if "head_class" not in out.columns:
+        out["head_class"] = ""
     out["score"] = sum(weights[s] * out[s] for s in SCORES) / total
     out["negative"] = out["label"] == 0
     out = out.sort_values(
@@ -109,10 +139,12 @@ def contact_sheet(
     targets: Mapping[str, str],
     predictions: Mapping[str, str],
     path: str | os.PathLike,
+    space: LabelSpace = BINARY,
     columns: int = 4,
 ) -> None:
     """A figure of the queue's rows (in order): each image with its target's outline (yellow)
-    and the prediction's (cyan), titled with its rank, name and reason."""
+    and the prediction's (cyan) -- of each class of ``space``, read as its label maps --, titled
+    with its rank, name and reason."""
     rows = max(1, -(-len(queue) // columns))
     with figure(path, (3.2 * columns, 3.4 * rows + 0.4)) as fig:
         axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
@@ -122,9 +154,10 @@ def contact_sheet(
             ax.imshow(read_rgb(images[row.name]))
             outlines = {"yellow": targets[row.name], "cyan": predictions[row.name]}
             for color, mask_path in outlines.items():
-                mask = read_mask(mask_path)
-                if mask.any():
-                    ax.contour(mask, levels=[0.5], colors=color, linewidths=1.0)
+                labels = space.read_labels(mask_path)
+                for label in range(1, space.k + 1):
+                    if (labels == label).any():
+                        ax.contour(labels == label, levels=[0.5], colors=color, linewidths=1.0)
             reason = row.reason.replace(" (", "\n(", 1)
             ax.set_title(f"#{row.rank} {row.name}\n{reason}", fontsize=7)
         fig.suptitle(
@@ -140,18 +173,25 @@ def train_rows(
     targets: Mapping[str, str],
     corrected: Sequence[str],
     threshold: float,
+    space: LabelSpace = BINARY,
 ) -> pd.DataFrame:
     """The :func:`review_queue` input for the train images of ``split`` (``name``, ``split``,
-    ``positive``): their ``predictions`` rows (``name``, ``head_prob``), probability maps and
-    targets (the correction where ``corrected``, else the pseudo-mask)."""
-    head = dict(zip(predictions["name"], predictions["head_prob"], strict=True))
+    ``positive``, ``tags``): their ``predictions`` rows (``name``, ``head_prob``; for K > 1
+    ``head_prob_<class>``), probability maps and targets (the correction where ``corrected``,
+    else the pseudo-mask; label maps of ``space``)."""
+    columns = ["head_prob"] if space.k == 1 else [f"head_prob_{c}" for c in space.classes]
+    head = dict(zip(predictions["name"], predictions[columns].to_numpy(np.float64), strict=True))
+    summary = dict(zip(predictions["name"], predictions["head_prob"], strict=True))
     rows = []
     train = split[split["split"] == "train"]
-    for name, label in zip(train["name"], train["positive"], strict=True):
-        prob = np.load(prob_paths[name]).astype(np.float32)
-        scores = image_scores(prob, read_mask(targets[name]), threshold, head[name], int(label))
+    for name, label, tags in zip(train["name"], train["positive"], train["tags"], strict=True):
+        probs = np.load(prob_paths[name]).astype(np.float32)
+        target = space.read_labels(targets[name])
+        scores = image_scores(
+            probs, target, threshold, head[name], space.tag_vector(tags), space.classes
+        )
         rows.append(
-            {"name": name, "label": int(label), "head_prob": head[name],
+            {"name": name, "label": int(label), "head_prob": summary[name],
              "corrected": name in corrected, **scores}
         )  # fmt: skip
     return pd.DataFrame(rows)

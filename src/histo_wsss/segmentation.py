@@ -4,15 +4,27 @@ Everything is keyed by a plain config dict (the workflow's ``segmentation`` sect
 over :data:`DEFAULTS` (the paper's values) by :func:`resolve_config`; an unknown key is an error
 naming it.
 
+Classes
+    The network segments the dataset's K foreground classes (:mod:`histo_wsss.classes`; K = 1:
+    the binary case, the paper's). Each class has its own output channel with its own sigmoid
+    (multi-label, like the classifier): background is no channel of its own, it is "no class
+    above the threshold". The predicted label of a pixel is 0 (background) where the highest
+    class probability is below ``threshold`` (0.5), else 1 + the most probable class
+    (:func:`histo_wsss.evaluation.predicted_labels`); for K = 1 that is ``p >= threshold``, the
+    binary rule, so the binary network, loss and scores are exactly what they were before K
+    classes existed. The training targets are label maps (0 background, ``c`` class ``c - 1``,
+    255 unlabelled): channel ``c`` is 1 where the label is ``c + 1``; unlabelled pixels are
+    left out of every loss term and every score.
+
 Model (:func:`build_model`)
-    ``smp.DeepLabV3Plus`` or ``smp.Unet`` (segmentation-models-pytorch) with one output channel
-    (the positive-class logit map) and smp's classification head on the deepest encoder features
-    (``aux_params``: global average pooling, dropout :data:`HEAD_DROPOUT` = smp's default 0.2 --
-    the paper names none --, a linear layer giving one image-level logit; sigmoids are applied
-    in the loss and at prediction). The encoder starts from random weights (a WARNING is logged),
-    from torchvision's ImageNet weights (``imagenet``, from torch's hub cache, downloaded there
-    when absent) or from a local torchvision ResNet state-dict file (:mod:`histo_wsss.weights`);
-    smp's own weight downloads are never used.
+    ``smp.DeepLabV3Plus`` or ``smp.Unet`` (segmentation-models-pytorch) with K output channels (one
+    logit map per class) and smp's classification head on the deepest encoder features
+    (``aux_params``: global average pooling, dropout :data:`HEAD_DROPOUT` = smp's default 0.2 -- the
+    paper names none --, a linear layer giving K image-level logits, one per class, trained on the
+    image's tags; sigmoids are applied in the loss and at prediction). The encoder starts from
+    random weights (a WARNING is logged), from torchvision's ImageNet weights (``imagenet``, from
+    torch's hub cache, downloaded there when absent) or from a local torchvision ResNet state-dict
+    file (:mod:`histo_wsss.weights`); smp's own weight downloads are never used.
 
 Input sizes (:func:`forward_padded`)
     smp's DeepLabV3Plus refuses inputs whose sides are not multiples of the encoder's output
@@ -29,17 +41,22 @@ Input sizes (:func:`forward_padded`)
     alike).
 
 Loss (:class:`SegmentationLoss`)
-    ``dice_weight * Dice + lovasz_weight * Lovasz`` on the mask plus ``bce_head_weight * BCE`` of
-    the head on the image label, with smp's ``DiceLoss(mode="binary", from_logits=True)``,
-    ``LovaszLoss(mode="binary", per_image=False)`` and ``BCEWithLogitsLoss``. Both mask losses are
-    computed over the whole batch as one set of pixels (smp's binary Dice pools the batch
-    anyway). ``per_image=False`` is deliberate: on an all-negative image the binary Lovasz hinge
-    degenerates to ``relu(1 + max logit)`` -- the hinge of the single highest-scoring pixel (the
-    Lovasz extension of "IoU is 0 as soon as one pixel is predicted") -- and ``per_image=True``
+    ``dice_weight * Dice + lovasz_weight * Lovasz`` on the masks plus ``bce_head_weight * BCE``
+    of the head on the image's tags, with smp's ``DiceLoss(mode="multilabel",
+    from_logits=True)``, ``LovaszLoss(mode="multilabel", per_image=False)`` (both with
+    ``ignore_index=255``: the unlabelled pixels' logits enter neither) and
+    ``BCEWithLogitsLoss``. smp's multilabel Dice is the binary Dice of each class channel
+    (pooled over the batch; 0 for a class without target pixels in the batch) averaged over the
+    K classes; its multilabel Lovasz is one binary Lovasz hinge over every (pixel, class) pair of
+    the batch. For K = 1 both are exactly smp's ``mode="binary"`` losses, the binary network's.
+    Both mask losses are computed over the whole batch as one set of pixels (smp's Dice pools
+    the batch anyway). ``per_image=False`` is deliberate: on an all-negative image the binary Lovasz
+    hinge degenerates to ``relu(1 + max logit)`` -- the hinge of the single highest-scoring pixel
+    (the Lovasz extension of "IoU is 0 as soon as one pixel is predicted") -- and ``per_image=True``
     would give that one pixel the same weight as a whole positive image in the batch mean; pooled
-    over the batch, a negative image's pixels are simply more background whose false positives
-    lower the batch IoU, the same view as the pooled validation IoU. The reference code also uses
-    smp's default ``per_image=False``. smp's Dice is 0 for a batch without positive pixels.
+    over the batch, a negative image's pixels are simply more background whose false positives lower
+    the batch IoU, the same view as the pooled validation IoU. The reference code also uses smp's
+    default ``per_image=False``. smp's Dice is 0 for a batch without positive pixels.
 
 Curriculum (:func:`negative_probability`, :func:`epoch_items`)
     Epochs are 0-based. ``P = positive_only_epochs``, ``R = negative_ramp_epochs``,
@@ -52,10 +69,15 @@ Curriculum (:func:`negative_probability`, :func:`epoch_items`)
     rise reaching ``m`` at epoch ``E = R`` (paper values: 0.012 at the 11th epoch, 0.3 from the
     35th on; 0-based: 0.012 at ``e = 10``, 0.3 from ``e = 34`` -- so also from ``e = R`` on).
     Every epoch keeps all positive images and each negative image independently with
-    probability ``p(e)``.
+    probability ``p(e)``. A *negative* image is one without tags (the binary format's negative
+    class); with K classes every other image is positive, whatever its classes. A dataset whose
+    every image holds a class (the multi-class demo, WSSS4LUAD) has no negatives, and the
+    curriculum changes nothing there: its background is learnt from the background pixels of the
+    tagged images (or, with ``pseudo_masks.background: tissue``, only the non-tissue is).
 
 Training (:func:`train`)
-    * images and masks are read once and kept in memory (uint8 / bool);
+    * images and label maps are read once and kept in memory (uint8;
+      :meth:`histo_wsss.classes.LabelSpace.read_labels`);
     * batches hold images of ONE size only (:func:`histo_wsss.batching.size_batches`): the
       epoch's images are shuffled, grouped by size and cut into ``batch_size`` chunks; a
       trailing chunk of one image joins the previous chunk of its size (BatchNorm cannot train
@@ -72,7 +94,7 @@ Training (:func:`train`)
     * SGD (``lr``, ``momentum``, ``weight_decay``) at a constant learning rate (the paper names
       no schedule), ``clip_grad_norm_(grad_clip)`` on every step;
     * validation after every epoch on ALL validation images (positives and negatives), whole,
-      in eval mode, predicting ``sigmoid(logit) >= threshold``, against the masks the network
+      in eval mode, predicting the label rule above, against the masks the network
       trains on (``targets``: the pseudo-masks, or the real masks with ``ground_truth``), which
       the names say (:func:`histo_wsss.evaluation.val_iou_columns`; ``<ref>`` is ``pseudo`` or
       ``truth``): a pseudo-mask-trained network's scores against the real masks are the
@@ -80,15 +102,20 @@ Training (:func:`train`)
 
       - ``val_iou_vs_<ref>_pooled``: pooled IoU -- ``tp / (tp + fp + fn)`` of the pixel counts
         summed over every validation image (:func:`histo_wsss.metrics.scores_from_counts`), so
-        false positives on negative images count;
+        false positives on negative images count; for K classes
+        ``val_mean_class_iou_vs_<ref>_pooled``, the mean over the K classes of each class's
+        pooled IoU (one class against the rest, from the label confusion matrix summed over
+        the images), which is the same number for K = 1;
       - ``val_iou_vs_<ref>_positive_mean``: mean of the per-image IoUs of the positive (label 1)
         images (the reference code's metric; 1.0 for an empty prediction on an empty mask); NaN
-        without positive validation images;
-      - ``val_head_accuracy``: share of images whose head probability ``>= 0.5`` agrees with
-        the label;
+        without positive validation images; for K classes
+        ``val_mean_class_iou_vs_<ref>_positive_mean``: per image with tags, the mean IoU of its
+        tags' classes, averaged over those images;
+      - ``val_head_accuracy``: share of (image, class) pairs whose head probability ``>= 0.5``
+        agrees with the tag (K = 1: of images whose head agrees with the label);
       - ``val_loss``: the loss of each validation batch (same-size images, up to ``batch_size``,
         in the given order) weighted by its size;
-    * the checkpoint is (re)written atomically whenever ``val_iou_vs_<ref>_pooled`` beats the
+    * the checkpoint is (re)written atomically whenever the pooled IoU beats the
       best so far (:func:`is_improvement`: strictly higher, ties keep the earlier epoch);
       training stops early once ``patience`` epochs in a row have not improved
       (:func:`should_stop`);
@@ -116,14 +143,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from histo_wsss.batching import same_size_runs, size_batches
+from histo_wsss.classes import IGNORE, LabelSpace
 from histo_wsss.classifier import ARCHS as TORCHVISION_RESNETS
 from histo_wsss.classifier import CROP, WEIGHTS, preprocess
 from histo_wsss.classifier import build_model as _torchvision_resnet
 from histo_wsss.device import resolve_device
-from histo_wsss.evaluation import val_iou_columns
-from histo_wsss.io import read_mask, read_rgb, write_csv
+from histo_wsss.evaluation import predicted_labels, val_iou_columns
+from histo_wsss.io import read_rgb, write_csv
 from histo_wsss.logs import progress
-from histo_wsss.metrics import confusion, scores_from_counts
+from histo_wsss.metrics import label_confusion, label_counts, scores_from_counts
 from histo_wsss.training import (
     Augmentation,
     LoaderClock,
@@ -153,6 +181,7 @@ __all__ = [
     "epoch_items",
     "forward_padded",
     "is_improvement",
+    "label_targets",
     "load_checkpoint",
     "metrics_columns",
     "negative_probability",
@@ -172,15 +201,16 @@ TARGETS = {"pseudo": "pseudo", "ground_truth": "truth"}
 _TARGET_WORDS = {"pseudo": "the pseudo-masks", "ground_truth": "the real masks"}
 
 
-def metrics_columns(targets: str) -> tuple[str, ...]:
-    """Columns of the metrics CSV of a network trained on ``targets`` (a :data:`TARGETS` key):
-    its validation IoUs are named after the masks they are measured against."""
+def metrics_columns(targets: str, k: int = 1) -> tuple[str, ...]:
+    """Columns of the metrics CSV of a network of ``k`` classes trained on ``targets`` (a
+    :data:`TARGETS` key): its validation IoUs are named after the masks they are measured
+    against."""
     return (
         "epoch",
         "n_train_images",
         "train_loss",
         "val_loss",
-        *val_iou_columns(TARGETS[targets]),
+        *val_iou_columns(TARGETS[targets], k),
         "val_head_accuracy",
         "lr",
         "seconds",
@@ -282,16 +312,16 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
 # Model
 
 
-def _make_model(arch: str, encoder: str) -> nn.Module:
+def _make_model(arch: str, encoder: str, k: int = 1) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {tuple(ARCHS)}")
     return ARCHS[arch](
         encoder_name=encoder,
         encoder_weights=None,  # never downloads
         in_channels=3,
-        classes=1,
+        classes=k,
         activation=None,
-        aux_params={"classes": 1, "pooling": "avg", "dropout": HEAD_DROPOUT, "activation": None},
+        aux_params={"classes": k, "pooling": "avg", "dropout": HEAD_DROPOUT, "activation": None},
     )
 
 
@@ -316,9 +346,9 @@ def _load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> None:
     _log.info("%s: loaded into the %s encoder (fc dropped)", weights, encoder)
 
 
-def build_model(cfg: Mapping | None = None) -> nn.Module:
-    """The segmentation network of the (resolved) config ``cfg`` (``arch``, ``encoder``,
-    ``encoder_weights``), in training mode.
+def build_model(cfg: Mapping | None = None, k: int = 1) -> nn.Module:
+    """The segmentation network of ``k`` classes of the (resolved) config ``cfg`` (``arch``,
+    ``encoder``, ``encoder_weights``), in training mode.
 
     ``encoder_weights=None``: random initialisation (a WARNING is logged). Otherwise
     ``imagenet`` (torchvision's ImageNet weights, :mod:`histo_wsss.weights`) or the path of a
@@ -327,7 +357,7 @@ def build_model(cfg: Mapping | None = None) -> nn.Module:
     naming the file and the keys otherwise).
     """
     cfg = resolve_config(cfg)
-    model = _make_model(cfg["arch"], cfg["encoder"])
+    model = _make_model(cfg["arch"], cfg["encoder"], k)
     if cfg["encoder_weights"] is None:
         _log.warning(
             "%s/%s: no encoder_weights given, the encoder starts from random weights",
@@ -348,7 +378,7 @@ def _divisor(model: nn.Module) -> int:
 def forward_padded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(mask_logits, head_logits)`` of ``model`` for ``x`` ``(N, C, H, W)`` of any ``H, W``.
 
-    ``mask_logits`` has shape ``(N, 1, H, W)``; ``head_logits`` ``(N, 1)`` (``None`` for a model
+    ``mask_logits`` has shape ``(N, K, H, W)``; ``head_logits`` ``(N, K)`` (``None`` for a model
     without a classification head). When the model requires sides divisible by its encoder's
     output stride (smp's DeepLabV3Plus: 16) and ``x`` has other sides, ``x`` is padded to the
     next multiples -- reflect padding (``replicate`` where a side is too short to reflect),
@@ -377,8 +407,10 @@ def forward_padded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
 class SegmentationLoss(nn.Module):
     """``dice_weight * Dice + lovasz_weight * Lovasz + bce_head_weight * BCE`` (module docstring).
 
-    ``forward(mask_logits (N, 1, H, W), head_logits (N, 1), masks (N, 1, H, W) 0/1 float,
-    labels (N, 1) 0/1 float)`` returns the scalar loss; :meth:`parts` the three unweighted terms.
+    ``forward(mask_logits (N, K, H, W), head_logits (N, K), masks (N, K, H, W) float: 0/1 per
+    class and :data:`histo_wsss.classes.IGNORE` where unlabelled (:func:`label_targets`),
+    labels (N, K) 0/1 float: the tags)`` returns the scalar loss; :meth:`parts` the three
+    unweighted terms.
     """
 
     def __init__(
@@ -388,8 +420,8 @@ class SegmentationLoss(nn.Module):
         self.dice_weight = float(dice_weight)
         self.lovasz_weight = float(lovasz_weight)
         self.bce_head_weight = float(bce_head_weight)
-        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
-        self.lovasz = smp.losses.LovaszLoss(mode="binary", per_image=False)
+        self.dice = smp.losses.DiceLoss(mode="multilabel", from_logits=True, ignore_index=IGNORE)
+        self.lovasz = smp.losses.LovaszLoss(mode="multilabel", per_image=False, ignore_index=IGNORE)
         self.bce = nn.BCEWithLogitsLoss()
 
     def parts(
@@ -424,6 +456,16 @@ def _loss_fn(cfg: Mapping) -> SegmentationLoss:
     return SegmentationLoss(cfg["dice_weight"], cfg["lovasz_weight"], cfg["bce_head_weight"])
 
 
+def label_targets(labels: np.ndarray, k: int) -> np.ndarray:
+    """float32 ``(..., K, H, W)`` loss targets of label maps ``(..., H, W)``: channel ``c`` is 1
+    where the label is ``c + 1`` and 0 elsewhere, :data:`histo_wsss.classes.IGNORE` in every
+    channel where the pixel is unlabelled."""
+    labels = np.asarray(labels)
+    channels = np.arange(1, k + 1).reshape(k, 1, 1)
+    targets = (labels[..., None, :, :] == channels).astype(np.float32)
+    return np.where(labels[..., None, :, :] == IGNORE, np.float32(IGNORE), targets)
+
+
 # --------------------------------------------------------------------------------------------
 # Curriculum, batching, model selection
 
@@ -442,8 +484,8 @@ def negative_probability(epoch: int, cfg: Mapping) -> float:
 def epoch_items(items: Sequence, epoch: int, cfg: Mapping, rng: np.random.Generator) -> list:
     """The training items of ``epoch``: every positive item and each negative one with
     probability :func:`negative_probability` (drawn with ``rng``, one uniform number per
-    negative item in order, none when the probability is 0). An item's label (0/1) is its last
-    element. The items keep their order.
+    negative item in order, none when the probability is 0). An item's label (0/1: whether the
+    image has a tag) is its last element. The items keep their order.
     """
     p = negative_probability(epoch, cfg)
     negatives = [i for i, item in enumerate(items) if int(item[-1]) == 0]
@@ -476,37 +518,52 @@ def should_stop(values: Sequence[float], patience: int) -> bool:
 
 
 class _Data:
-    """The images (uint8 HxWx3), masks (bool HxW) and labels of one split, in memory."""
+    """The images (uint8 HxWx3), label maps (uint8 HxW: 0 background, ``c`` class ``c - 1``,
+    255 unlabelled), tags (``(N, K)`` 0/1) and labels (0/1: any tag) of one split, in memory.
 
-    def __init__(self, items: Iterable, split: str) -> None:
+    An item's third element is its tags: a sequence of K 0/1 values, or for K = 1 the binary
+    label 0/1 itself. ``k``: the number of classes (None: the first item's)."""
+
+    def __init__(self, items: Iterable, split: str, k: int | None = None) -> None:
         self.paths: list[str] = []
         self.images: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
-        labels: list[int] = []
+        tags: list[np.ndarray] = []
         marked_negatives = []
+        space = None
         for i, item in enumerate(items):
             try:
                 image_path, mask_path, label = item
             except (TypeError, ValueError) as err:
                 raise ValueError(
-                    f"{split} item {i}: expected (image_path, mask_path, label01), got {item!r}"
+                    f"{split} item {i}: expected (image_path, mask_path, tags), got {item!r}"
                 ) from err
-            if isinstance(label, str) or label not in (0, 1):
+            vector = _tag_vector(label, k)
+            if vector is None:
                 raise ValueError(
-                    f"{split} item {i} ({image_path}): label must be 0 or 1, got {label!r}"
+                    f"{split} item {i} ({image_path}): label must be 0 or 1 (tags: a 0/1 value "
+                    f"per class{'' if k is None else f', {k} of them'}), got {label!r}"
                 )
-            image, mask = read_rgb(image_path), read_mask(mask_path)
+            k = len(vector)
+            space = space or LabelSpace(tuple(f"class{c}" for c in range(k)))
+            image, mask = read_rgb(image_path), space.read_labels(mask_path)
             if mask.shape != image.shape[:2]:
                 raise ValueError(
                     f"{mask_path}: mask is {mask.shape} but its image {image_path} is "
                     f"{image.shape[:2]}"
                 )
-            if label == 0 and mask.any():
+            bad = set(np.unique(mask).tolist()) - set(range(k + 1)) - {IGNORE}
+            if bad:
+                raise ValueError(
+                    f"{mask_path}: label map holds {sorted(bad)}, not a label of {k} class(es) "
+                    f"(0..{k}, or {IGNORE} for unlabelled)"
+                )
+            if not vector.any() and ((mask > 0) & (mask != IGNORE)).any():
                 marked_negatives.append(str(mask_path))
             self.paths.append(str(image_path))
             self.images.append(image)
             self.masks.append(mask)
-            labels.append(int(label))
+            tags.append(vector)
         if not self.paths:
             raise ValueError(f"the {split} split is empty")
         if marked_negatives:
@@ -516,15 +573,33 @@ class _Data:
                 len(marked_negatives),
                 marked_negatives[0],
             )
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.k = k
+        self.tags = np.stack(tags)
+        self.labels = self.tags.any(axis=1).astype(np.int64)
         self.sizes = [im.shape[:2] for im in self.images]
 
     def __len__(self) -> int:
         return len(self.paths)
 
 
+def _tag_vector(label: object, k: int | None) -> np.ndarray | None:
+    """float32 ``(K,)`` tags of an item's label (a 0/1 value: K = 1; or K of them); None when
+    it is not that."""
+    if isinstance(label, str):
+        return None
+    try:
+        vector = np.atleast_1d(np.asarray(label, dtype=np.float64))
+    except (TypeError, ValueError):
+        return None
+    ok = vector.ndim == 1 and vector.size >= 1 and np.isin(vector, (0, 1)).all()
+    if not ok or (k is not None and vector.size != k):
+        return None
+    return vector.astype(np.float32)
+
+
 class _SegDataset(Dataset):
-    """In-memory items -> (normalised image (3, H, W), mask (1, H, W) 0/1, label (1,)).
+    """In-memory items -> (normalised image (3, H, W), targets (K, H, W): :func:`label_targets`,
+    tags (K,)).
 
     Image and mask are augmented together by ``augment``, seeded for item ``index`` in
     ``epoch`` from ``(seed, _AUGMENT, epoch, index)`` (one seed per transform, as in the
@@ -542,11 +617,11 @@ class _SegDataset(Dataset):
         out = self.augment(
             (self.seed, _AUGMENT, self.epoch, index),
             image=self.data.images[index],
-            mask=self.data.masks[index].astype(np.uint8),
+            mask=self.data.masks[index],
         )
-        mask_t = torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32))[None]
-        label = torch.tensor([float(self.data.labels[index])], dtype=torch.float32)
-        return preprocess(np.ascontiguousarray(out["image"])), mask_t, label
+        targets = torch.from_numpy(label_targets(out["mask"], self.data.k))
+        tags = torch.from_numpy(self.data.tags[index])
+        return preprocess(np.ascontiguousarray(out["image"])), targets, tags
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,8 +629,8 @@ class _SegDataset(Dataset):
 
 
 def train(
-    train_items: Sequence[tuple[str | os.PathLike, str | os.PathLike, int]],
-    val_items: Sequence[tuple[str | os.PathLike, str | os.PathLike, int]],
+    train_items: Sequence[tuple[str | os.PathLike, str | os.PathLike, object]],
+    val_items: Sequence[tuple[str | os.PathLike, str | os.PathLike, object]],
     cfg: Mapping | None,
     checkpoint_path: str | os.PathLike,
     metrics_path: str | os.PathLike,
@@ -563,9 +638,12 @@ def train(
 ) -> dict:
     """Train the segmentation network; write the best checkpoint and the per-epoch metrics CSV.
 
-    ``train_items`` / ``val_items``: ``(image_path, mask_path, label01)`` -- RGB images, their
-    masks (``targets``: the pseudo-masks or the real masks; PNG, non-zero = foreground; all-zero
-    for negative images) and image labels.
+    ``train_items`` / ``val_items``: ``(image_path, mask_path, tags)`` -- RGB images, their
+    label maps (``targets``: the pseudo-masks or the real masks, PNGs as
+    :meth:`histo_wsss.classes.LabelSpace.write_labels` writes them: for K = 1 non-zero =
+    foreground, all-zero for negative images) and their tags (K 0/1 values, one per class; for
+    K = 1 the image label 0/1 may stand for them). K, the network's number of classes, is the
+    items' number of tags.
     Images may differ in size (batches hold one size). ``cfg``: the ``segmentation`` config (see
     :data:`DEFAULTS`, :func:`resolve_config`, the module docstring for the procedure).
 
@@ -586,7 +664,7 @@ def train(
     device = resolve_device(cfg["device"])
     log.info("loading %d train and %d val items", len(train_items), len(val_items))
     train_data = _Data(train_items, "train")
-    val_data = _Data(val_items, "val")
+    val_data = _Data(val_items, "val", train_data.k)
     if not train_data.labels.any():
         raise ValueError("the train split has no positive (label 1) image")
     with deterministic(device, cfg["seed"]):
@@ -606,23 +684,23 @@ def _train(
     weights = local_weights_file(cfg["encoder_weights"])
     # a local weights file by its name only: its path may hold the run's folder
     recorded_config = {**cfg, "encoder_weights": Path(weights).name} if weights else cfg
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, train_data.k).to(device)
     loss_fn = _loss_fn(cfg)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
     )
     dataset = _SegDataset(train_data, Augmentation(cfg["augment"], cfg["crop_size"]), cfg["seed"])
     train_sizes = training_sizes(train_data.sizes, cfg["crop_size"])
-    labelled = [(i, int(label)) for i, label in enumerate(train_data.labels)]
+    labelled = [(i, int(positive)) for i, positive in enumerate(train_data.labels)]
     val_batches = size_batches(range(len(val_data)), val_data.sizes, cfg["batch_size"])
     epochs, seed = cfg["epochs"], cfg["seed"]
     reference = TARGETS[cfg["targets"]]
-    columns = metrics_columns(cfg["targets"])
-    selected, positive_mean = val_iou_columns(reference)
+    columns = metrics_columns(cfg["targets"], train_data.k)
+    selected, positive_mean = val_iou_columns(reference, train_data.k)
     log.info(
-        "training %s/%s on %s: %d train (%d positive) / %d val images, up to %d epochs, "
-        "selecting the checkpoint on %s (IoU against %s of the val images)",
-        cfg["arch"], cfg["encoder"], device_label(device), len(train_data),
+        "training %s/%s (%d class(es)) on %s: %d train (%d positive) / %d val images, up to %d "
+        "epochs, selecting the checkpoint on %s (IoU against %s of the val images)",
+        cfg["arch"], cfg["encoder"], train_data.k, device_label(device), len(train_data),
         int(train_data.labels.sum()), len(val_data), epochs, selected,
         _TARGET_WORDS[cfg["targets"]],
     )  # fmt: skip
@@ -732,35 +810,40 @@ def _validate(
     reference: str,
 ) -> dict:
     """``val_loss``, the IoUs vs ``reference`` (:func:`histo_wsss.evaluation.val_iou_columns`:
-    pooled, positive mean) and ``val_head_accuracy``."""
+    pooled, positive mean; module docstring) and ``val_head_accuracy``."""
     was_training = model.training
     model.eval()
-    counts = np.zeros((len(data), 4), dtype=np.int64)  # tp, fp, fn, tn per image
-    head_prob = np.zeros(len(data), dtype=np.float64)
+    k = data.k
+    cms = np.zeros((len(data), k + 1, k + 1), dtype=np.int64)  # label confusion per image
+    head_prob = np.zeros((len(data), k), dtype=np.float64)
     loss_sum = 0.0
     try:
         with torch.inference_mode():
             for batch in batches:
                 x = preprocess(np.stack([data.images[i] for i in batch])).to(device)
                 target = np.stack([data.masks[i] for i in batch])
-                m = torch.from_numpy(target.astype(np.float32))[:, None].to(device)
-                y = torch.from_numpy(data.labels[batch].astype(np.float32))[:, None].to(device)
+                m = torch.from_numpy(label_targets(target, k)).to(device)
+                y = torch.from_numpy(data.tags[batch]).to(device)
                 mask_logits, head_logits = forward_padded(model, x)
                 loss_sum += float(loss_fn(mask_logits, head_logits, m, y)) * len(batch)
-                prob = torch.sigmoid(mask_logits.float())[:, 0].cpu().numpy()
-                counts[batch] = np.stack(confusion(prob >= threshold, target, axis=(1, 2)), 1)
-                head_prob[batch] = torch.sigmoid(head_logits.float())[:, 0].cpu().numpy()
+                probs = torch.sigmoid(mask_logits.float()).cpu().numpy()
+                for i, prob, truth in zip(batch, probs, target, strict=True):
+                    cms[i] = label_confusion(predicted_labels(prob, threshold), truth, k + 1)
+                head_prob[batch] = torch.sigmoid(head_logits.float()).cpu().numpy()
     finally:
         model.train(was_training)
-    pooled = scores_from_counts(*counts.sum(0))
-    per_image = scores_from_counts(*counts.T)["iou"]
+    # per class (labels 1..K) against the rest: pooled over the images, and per image
+    pooled = scores_from_counts(*(c[1:] for c in label_counts(cms.sum(0))))["iou"]
+    per_image = np.stack([scores_from_counts(*label_counts(cm))["iou"][1:] for cm in cms])
+    tagged = data.tags > 0
     positive = data.labels == 1
-    pooled_name, mean_name = val_iou_columns(reference)
+    image_means = [per_image[i][tagged[i]].mean() for i in np.flatnonzero(positive)]
+    pooled_name, mean_name = val_iou_columns(reference, k)
     return {
         "val_loss": loss_sum / len(data),
-        pooled_name: pooled["iou"],
-        mean_name: float(per_image[positive].mean()) if positive.any() else math.nan,
-        "val_head_accuracy": float(np.mean((head_prob >= 0.5) == positive)),
+        pooled_name: float(pooled.mean()),
+        mean_name: float(np.mean(image_means)) if image_means else math.nan,
+        "val_head_accuracy": float(np.mean((head_prob >= 0.5) == tagged)),
     }
 
 
@@ -769,7 +852,8 @@ def _validate(
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The segmentation network saved by :func:`train` at ``path``, on ``device``, in eval mode.
+    """The segmentation network saved by :func:`train` at ``path``, on ``device``, in eval mode
+    (its K classes: the number of its mask channels).
 
     ``device``: a ``torch.device`` or a name for :func:`histo_wsss.device.resolve_device`.
     Raises ``ValueError`` naming the file when it is missing, unreadable, or not such a
@@ -779,9 +863,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     ckpt = read_checkpoint(path, "segmentation", CHECKPOINT_KEYS)
     if ckpt["arch"] not in ARCHS:
         raise ValueError(f"{path}: unknown arch {ckpt['arch']!r} in checkpoint")
+    state = ckpt["state_dict"]
+    head = state.get("segmentation_head.0.weight") if isinstance(state, Mapping) else None
     try:
-        model = _make_model(ckpt["arch"], ckpt["encoder"])
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model = _make_model(ckpt["arch"], ckpt["encoder"], 1 if head is None else head.shape[0])
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as err:
         raise ValueError(
             f"{path}: state_dict does not match {ckpt['arch']}/{ckpt['encoder']}: {err}"
@@ -795,12 +881,13 @@ def predict(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
 ) -> Iterator[tuple[str | os.PathLike, np.ndarray, float]]:
-    """Yield ``(path, prob_map, head_prob)`` for every image, in the order given.
+    """Yield ``(path, prob_maps, head_probs)`` for every image, in the order given.
 
-    ``prob_map``: float32 ``(H, W)`` positive-class probabilities at the image's own size;
-    ``head_prob``: the classification head's probability. Images are read lazily and batched:
-    consecutive images of the same size, up to ``batch_size`` per forward pass (a size change
-    starts a new batch), normalised as in training, run in eval mode without gradients (the
+    ``prob_maps``: float32 ``(K, H, W)``, each class's probabilities at the image's own size;
+    ``head_probs``: float32 ``(K,)``, the classification head's probability of each class. Images
+    are read lazily and batched: consecutive images of the same size, up to ``batch_size`` per
+    forward pass (a size change starts a new batch), normalised as in training, run in eval mode
+    without gradients (the
     model's mode is restored when the iterator finishes or is closed).
     """
     device = as_device(device)
@@ -819,9 +906,9 @@ def _predict_batch(model: nn.Module, pending: Sequence[tuple], device: torch.dev
     with torch.inference_mode():
         x = preprocess(np.stack([image for _, image in pending])).to(device)
         mask_logits, head_logits = forward_padded(model, x)
-        probs = torch.sigmoid(mask_logits.float())[:, 0].cpu().numpy().astype(np.float32)
-        heads = torch.sigmoid(head_logits.float())[:, 0].cpu().numpy()
-    return [(path, probs[k], float(heads[k])) for k, (path, _) in enumerate(pending)]
+        probs = torch.sigmoid(mask_logits.float()).cpu().numpy().astype(np.float32)
+        heads = torch.sigmoid(head_logits.float()).cpu().numpy().astype(np.float32)
+    return [(path, probs[i], heads[i]) for i, (path, _) in enumerate(pending)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from histo_wsss.dataset import (
 )
 from histo_wsss.demo import DEMO_KEYS, demo_names, demo_spec
 from histo_wsss.io import unwritable_folders
-from histo_wsss.qupath import binary_labels
+from histo_wsss.qupath import class_colors, class_labels
 from histo_wsss.shards import shard_groups
 from histo_wsss.weights import PRETRAINED
 from histo_wsss.weights import local_file as local_weights_file
@@ -515,17 +515,11 @@ def segmentation_target_masks():
     return truth_masks()
 
 
-# The classes drawn in QuPath and read back from corrections: the binary masks draw the positive
-# class (value 255); the other class is the unannotated rest. Binary only so far: a multi-label
-# dataset (whose classes hold no positive_class) has none.
-MASK_LABELS = (
-    binary_labels(
-        config["dataset"]["classes"],
-        config["dataset"]["positive_class"],
-        config["qupath"]["colors"],
-    )
-    if len(LABELS["classes"]) == 1
-    else []
+# The classes drawn in QuPath from the label maps (value c: class c - 1; a binary dataset's
+# positive class, whose other class is the unannotated rest), in their colours.
+MASK_LABELS = class_labels(
+    DATASET_SPEC.label_space,
+    class_colors(config["dataset"]["classes"], config["qupath"]["colors"]),
 )
 CORRECTION_TARGETS = f"{RESULTS}/corrections/targets"
 
@@ -541,7 +535,7 @@ def _corrections():
             image = SAMPLE_IMAGES[row.name]
             key = (row.file, str(row.file_bytes), str(row.file_mtime_ns))
             if key not in checked and Path(image).is_file():
-                read_correction(row.file, image_size(image), MASK_LABELS)
+                read_correction(row.file, image_size(image), DATASET_SPEC.label_space)
     except CorrectionError as err:
         raise WorkflowError(f"invalid correction: {err}") from None
     return table
@@ -556,8 +550,8 @@ def new_images():
     return folder_images("predict.images", folder) if folder else []
 
 
-# Stages that handle K classes so far (issue 15): up to the CAMs and pseudo-masks; segmentation
-# is binary still, so a multi-label dataset's run ends with the pseudo-masks' quality.
+# Stages that handle K classes so far (issue 15): all but the figures and the report tables, which
+# a multi-label dataset's run leaves out.
 MULTI_LABEL = DATASET_SPEC.format == "tags"
 
 
@@ -578,6 +572,9 @@ def final_outputs():
             f"{RESULTS}/cam/summary.json",
             f"{RESULTS}/pseudo_masks/quality_summary.csv",
             f"{RESULTS}/pseudo_masks/class_scores.csv",
+            f"{RESULTS}/segmentation/evaluation.json",
+            *shard_dirs("qupath"),
+            f"{RESULTS}/review/queue.csv",
         ]
     outputs = [
         f"{RESULTS}/split/split.csv",

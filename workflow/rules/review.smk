@@ -20,10 +20,9 @@ rule corrections:
         fingerprint=digest(CORRECTIONS),
         files=dict(zip(CORRECTIONS["name"], CORRECTIONS["file"])),
         images={n: SAMPLE_IMAGES[n] for n in CORRECTIONS["name"]},
-        labels=[asdict(label) for label in MASK_LABELS],
+        labels=LABELS,
         scale=config["stain"]["scale"],
         weight=config["corrections"]["weight"],
-        positive_class=config["dataset"]["positive_class"],
     script:
         "../scripts/corrections.py"
 
@@ -47,6 +46,7 @@ rule qupath_export:
         names=shard_members("qupath"),
         originals=shard_file_paths("qupath", SAMPLE_IMAGES),
         labels=[asdict(label) for label in MASK_LABELS],
+        label_space=LABELS,
         tolerance=config["qupath"]["simplify_px"],
     script:
         "../scripts/qupath_export.py"
@@ -82,6 +82,6 @@ rule review_queue:
         # prints a figure's params in its info panel
         review=config["review"],
         threshold=config["segmentation"]["threshold"],
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
     script:
         "../scripts/review_queue.py"

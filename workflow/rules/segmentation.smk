@@ -26,7 +26,7 @@ rule train_segmentation:
         segmentation=segmentation_config(),
         images=sample_files("stain", "images"),
         masks=segmentation_target_masks(),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
     script:
         "../scripts/train_segmentation.py"
 
@@ -50,7 +50,7 @@ rule predict:
         mem_mb=4000,
     params:
         images=sample_files("stain", "images"),
-        positive_class=config["dataset"]["positive_class"],
+        labels=LABELS,
         threshold=config["segmentation"]["threshold"],
         device=config["segmentation"]["device"],
         batch_size=config["predict"]["batch_size"],
@@ -60,12 +60,14 @@ rule predict:
 
 rule evaluate_segmentation:
     input:
+        split=f"{RESULTS}/split/split.csv",
         predictions=f"{RESULTS}/segmentation/predictions",
         pseudo=shard_dirs("pseudo_masks"),
         truth=truth_inputs(),
     output:
         table=f"{RESULTS}/segmentation/per_image.csv",
         summary=f"{RESULTS}/segmentation/evaluation.json",
+        confusion=f"{RESULTS}/segmentation/confusion.csv",
     log:
         f"{RESULTS}/logs/evaluate_segmentation.log",
     conda:
@@ -76,6 +78,7 @@ rule evaluate_segmentation:
     params:
         pseudo=sample_files("pseudo_masks", "masks"),
         masks=truth_masks(),
+        labels=LABELS,
         threshold=config["segmentation"]["threshold"],
     script:
         "../scripts/evaluate_segmentation.py"
@@ -100,6 +103,7 @@ rule predict_new:
         mem_mb=4000,
     params:
         stain=config["stain"],
+        labels=LABELS,
         threshold=config["segmentation"]["threshold"],
         device=config["segmentation"]["device"],
         batch_size=config["predict"]["batch_size"],

@@ -4,10 +4,10 @@ import os
 
 import pandas as pd
 
+from histo_wsss.classes import LabelSpace
 from histo_wsss.corrections import COLUMNS, make_targets
 from histo_wsss.io import atomic_dir
 from histo_wsss.logs import job_log
-from histo_wsss.qupath import Label
 from histo_wsss.splits import read_split
 
 with job_log(snakemake.log[0]) as log:
@@ -18,10 +18,10 @@ with job_log(snakemake.log[0]) as log:
         [(n, f, stats[n].st_size, stats[n].st_mtime_ns) for n, f in p.files.items()],
         columns=COLUMNS,
     )
-    split = read_split(snakemake.input.split, [p.positive_class])
-    labels = [Label(**label) for label in p.labels]
+    space = LabelSpace(**p.labels)
+    split = read_split(snakemake.input.split, space.classes)
     with atomic_dir(snakemake.output[0]) as out:
-        table = make_targets(corrections, p.images, split, labels, p.scale, p.weight, out, log)
+        table = make_targets(corrections, p.images, split, space, p.scale, p.weight, out, log)
     log.info(
         "%d corrected image(s) (%d train, %d val), each listed %d time(s) per training epoch",
         len(table), (table["split"] == "train").sum(), (table["split"] == "val").sum(), p.weight,

@@ -38,6 +38,9 @@ with job_log(snakemake.log[0]):
         ex = figures.load_example(
             images[name], probs / f"{name}.npy", pseudo[name], masks.get(name, ""), name=name
         )
+        # the saved maps are (K, H, W): draw the highest class probability (K = 1: the
+        # positive class's map, as before)
+        ex["prob"] = ex["prob"].max(axis=0) if ex["prob"].ndim == 3 else ex["prob"]
         ex["negative"] = negative
         ex["iou"] = None if negative else positives.loc[name, f"{reference}_iou"]
         ex["pred"] = ex["prob"] >= p.threshold

@@ -1,8 +1,9 @@
-"""Probability maps, binary masks and head probabilities for every image (the evaluation
-scores the val and test images; the review queue ranks the train images)."""
+"""Probability maps (one per class), label maps and head probabilities for every image (the
+evaluation scores the val and test images; the review queue ranks the train images)."""
 
 import torch
 
+from histo_wsss.classes import LabelSpace
 from histo_wsss.device import resolve_device
 from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.io import atomic_dir
@@ -16,8 +17,11 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
     p = snakemake.params
     device = resolve_device(p.device)
     model = load_checkpoint(snakemake.input.model, device)
-    split = read_split(snakemake.input.split, [p.positive_class])
+    space = LabelSpace(**p.labels)
+    split = read_split(snakemake.input.split, space.classes)
     with atomic_dir(snakemake.output[0]) as out:
         rows = split[["name", "split", "positive"]].rename(columns={"positive": "label"})
-        table = save_predictions(model, rows, p.images, out, p.batch_size, device, p.threshold)
+        table = save_predictions(
+            model, rows, p.images, out, p.batch_size, device, p.threshold, space
+        )
     log.info("%d predictions on %s", len(table), device)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from histo_wsss.classes import LabelSpace
 from histo_wsss.device import resolve_device
 from histo_wsss.gpu_slots import gpu_slot
 from histo_wsss.io import atomic_dir, write_csv
@@ -29,5 +30,7 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
         write_csv(out / "stain_qc.csv", qc)
         normalized = {n: str(out / "images" / f"{n}.png") for n in names}
         rows = pd.DataFrame({"name": names, "source": paths})
-        table = save_predictions(model, rows, normalized, out, p.batch_size, device, p.threshold)
+        table = save_predictions(
+            model, rows, normalized, out, p.batch_size, device, p.threshold, LabelSpace(**p.labels)
+        )
     log.info("segmented %d new images on %s", len(table), device)

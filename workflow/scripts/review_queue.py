@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from histo_wsss.classes import LabelSpace
 from histo_wsss.corrections import TABLE
 from histo_wsss.io import write_csv
 from histo_wsss.logs import job_log
@@ -26,7 +27,8 @@ with job_log(snakemake.log[0]) as log:
         kind: shard_files(snakemake.input.qupath, kind, ".geojson")
         for kind in ("pseudo_masks", "predictions")
     }
-    split = read_split(snakemake.input.split, [p.positive_class])
+    space = LabelSpace(**p.labels)
+    split = read_split(snakemake.input.split, space.classes)
     rows = train_rows(
         split,
         pd.read_csv(predictions / "predictions.csv", dtype={"name": str}),
@@ -34,6 +36,7 @@ with job_log(snakemake.log[0]) as log:
         targets,
         corrected,
         p.threshold,
+        space,
     )
     queue = review_queue(rows, p.review["weights"], p.review["k"])
     queue["image"] = queue["name"].map(
@@ -50,6 +53,7 @@ with job_log(snakemake.log[0]) as log:
         targets,
         predicted,
         snakemake.output.sheet,
+        space,
     )
     log.info(
         "review round: %d of %d train images (%d corrected already); first: %s, %s",
