@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import shapely
-from matplotlib import colormaps
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
+from histo_wsss.classes import class_colors
 from histo_wsss.io import atomic_path
 
 #: Decimals kept of a coordinate in the written GeoJSON (a hundredth of a pixel).
@@ -58,21 +58,12 @@ class Label:
     color: tuple[int, int, int]
 
 
-def class_colors(classes: Sequence[str], colors: Mapping[str, Sequence[int]]) -> dict:
-    """``{class: (r, g, b)}``: the configured ``colors``, else matplotlib's tab10 by the class's
-    index (the same colour for a class in every file and run)."""
-    palette = colormaps["tab10"].colors
-    return {
-        c: tuple(int(v) for v in colors.get(c, np.round(np.asarray(palette[i % 10]) * 255)))
-        for i, c in enumerate(classes)
-    }
-
-
 def binary_labels(
     classes: Sequence[str], positive_class: str, colors: Mapping[str, Sequence[int]]
 ) -> list[Label]:
     """The labels of a binary mask (0 and 255, :func:`histo_wsss.io.write_png` of a boolean
-    mask): the positive class only; the other class is the unannotated rest."""
+    mask): the positive class only, in its colour (:func:`histo_wsss.classes.class_colors`);
+    the other class is the unannotated rest."""
     return [Label(255, positive_class, class_colors(classes, colors)[positive_class])]
 
 
