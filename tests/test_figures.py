@@ -366,10 +366,8 @@ def test_class_colours_have_one_source():
         "stroma": (255, 127, 14),
         "lymphocytes": (44, 160, 44),
     }
-    assert (
-        binary_labels(["normal", "lesion"], "lesion", {})[0].color
-        == class_colors(["normal", "lesion"])["lesion"]
-    )  # QuPath's binary colour: the positive class's, tab10's orange as before
+    binary = binary_labels(["normal", "lesion"], "lesion", {})[0]  # QuPath's, as before
+    assert binary.color == class_colors(["normal", "lesion"])["lesion"] == (255, 127, 14)
     assert class_colors(TISSUES.classes, {"stroma": [1, 2, 3]})["stroma"] == (1, 2, 3)
     assert PALETTE.panel[1:] == tuple(COLOURS.values()) == PALETTE.overlay
     assert palette_of(LabelSpace(("lesion",)), {"lesion": (1, 2, 3)}) == replace(

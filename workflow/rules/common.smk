@@ -535,11 +535,16 @@ def segmentation_target_masks():
 
 
 # The classes drawn in QuPath and read back from corrections: the binary masks draw the positive
-# class (value 255); the other class is the unannotated rest.
-MASK_LABELS = binary_labels(
-    config["dataset"]["classes"],
-    config["dataset"]["positive_class"],
-    config["qupath"]["colors"],
+# class (value 255); the other class is the unannotated rest. Binary only so far: a multi-label
+# dataset (whose classes hold no positive_class) has none.
+MASK_LABELS = (
+    binary_labels(
+        config["dataset"]["classes"],
+        config["dataset"]["positive_class"],
+        config["qupath"]["colors"],
+    )
+    if len(LABELS["classes"]) == 1
+    else []
 )
 CORRECTION_TARGETS = f"{RESULTS}/corrections/targets"
 
