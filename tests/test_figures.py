@@ -299,7 +299,8 @@ def test_the_pseudo_mask_steps_caption_names_the_step_the_figure_calls_the_pseud
         pseudo_mask = [t for t in text if "pseudo-mask" in t]
         assert pseudo_mask == [f"{final} (pseudo-mask)", f"{final} (pseudo-mask) outline"]
         assert "im\nIoU vs truth 0.500" in text and "CAM (over image)" in text  # colour bar
-        caption = render_caption("pseudo_mask_steps", {"final_step": final})
+        labels = {"classes": ["lesion"], "ignore_index": None}
+        caption = render_caption("pseudo_mask_steps", {"final_step": final, "labels": labels})
         assert f"the mask after **{final}**" in caption
 
 
@@ -455,3 +456,6 @@ def test_k3_pseudo_mask_steps_draw_a_cam_per_class(tmp_path):
     assert cam_texts == [*(f"CAM {c}" for c in TISSUES.classes), "CAM (over image)"]
     assert "no CAM" in text and f"{names[0]}\nmIoU vs truth 0.250" in text
     assert {*TISSUES.classes, "crf (pseudo-mask) outline"} <= set(text)
+    labels = {"classes": list(TISSUES.classes), "ignore_index": 255}
+    caption = render_caption("pseudo_mask_steps", {"final_step": "crf", "labels": labels})
+    assert "its mIoU against the real mask" in caption and '"no CAM"' in caption
