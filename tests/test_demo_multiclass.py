@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 import histo_wsss.demo as demo
-from histo_wsss.classes import LabelSpace
+from histo_wsss.classes import LabelSpace, class_colors
 from histo_wsss.demo import TEXTURES, DemoSpec, contact_sheet, demo_spec, generate, render
 from histo_wsss.io import read_mask
 from histo_wsss.splits import read_split
@@ -210,15 +210,15 @@ def test_spec_from_config():
 def test_contact_sheet(dataset, tmp_path):
     out, *_ = dataset
     first, second = tmp_path / "a.png", tmp_path / "b.png"
-    contact_sheet(out, first, n=4, classes=CLASSES)
-    contact_sheet(out, second, n=4, classes=CLASSES)
+    colors = class_colors(CLASSES, {CLASSES[1]: [200, 0, 200]})
+    contact_sheet(out, first, n=4, colors=colors)
+    contact_sheet(out, second, n=4, colors=colors)
     data = first.read_bytes()
     assert data == second.read_bytes() and data.startswith(b"\x89PNG")
     with Image.open(first) as img:
         sheet = np.asarray(img.convert("RGB")).reshape(-1, 3)
-    for colour in demo.CLASS_COLOURS[: len(CLASSES)]:  # each class's legend patch is drawn
-        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
-        assert (np.abs(sheet.astype(int) - rgb).max(axis=1) <= 2).sum() > 50, colour
+    for colour in colors.values():  # each class's legend patch is drawn in its colour
+        assert (np.abs(sheet.astype(int) - colour).max(axis=1) <= 2).sum() > 50, colour
 
 
 @pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -10,15 +11,23 @@ import pytest
 from PIL import Image
 from report_html import render_caption
 
+from histo_wsss.classes import IGNORE, LabelSpace, class_colors
+from histo_wsss.demo import DemoSpec, render
 from histo_wsss.figures import (
+    BINARY,
     ERROR_COLORS,
+    MULTICLASS_ERROR_COLORS,
     error_map_rgb,
     error_maps,
+    image_scores,
+    label_error_rgb,
     learning_curves,
     load_example,
     metrics_table,
     metrics_table_rows,
     overlay,
+    palette_of,
+    predicted_labels,
     pseudo_mask_steps,
     segmentation_panels,
     stain_sheet,
@@ -26,6 +35,8 @@ from histo_wsss.figures import (
     uncertainty_maps,
 )
 from histo_wsss.io import write_csv, write_png
+from histo_wsss.metrics import confusion_rows, label_confusion, mean_iou
+from histo_wsss.qupath import class_labels
 from histo_wsss.refine import STEPS
 
 WHITE, RED, BLUE, BLACK = (255, 255, 255), (255, 0, 0), (0, 0, 255), (0, 0, 0)
@@ -288,7 +299,8 @@ def test_the_pseudo_mask_steps_caption_names_the_step_the_figure_calls_the_pseud
         pseudo_mask = [t for t in text if "pseudo-mask" in t]
         assert pseudo_mask == [f"{final} (pseudo-mask)", f"{final} (pseudo-mask) outline"]
         assert "im\nIoU vs truth 0.500" in text and "CAM (over image)" in text  # colour bar
-        caption = render_caption("pseudo_mask_steps", {"final_step": final})
+        labels = {"classes": ["lesion"], "ignore_index": None}
+        caption = render_caption("pseudo_mask_steps", {"final_step": final, "labels": labels})
         assert f"the mask after **{final}**" in caption
 
 
@@ -311,3 +323,139 @@ def test_the_stain_sheet_shows_each_image_before_and_after_and_why_one_kept_its_
     assert "im0\ntissue 70%\nnormalized" in text
     assert "im1\ntissue 2%\nkept its colours:\ntissue fraction 0.02 < 0.05" in text
     drawn_twice(tmp_path, lambda p: stain_sheet(rows, p))
+
+
+# --- K > 1 classes: the contract's files (label maps, (K, H, W) maps) on the multi-class demo --
+
+TISSUES = LabelSpace(("tumor", "stroma", "lymphocytes"), ignore_index=255)
+COLOURS = class_colors(TISSUES.classes)
+PALETTE = palette_of(TISSUES, COLOURS)
+DEMO = DemoSpec(n_images=8, size=64, seed=2, tissues=TISSUES.classes)
+
+
+def tissue_example(index: int) -> dict:
+    """A multi-class demo image, its truth labels (unlabelled white background), (3, H, W)
+    probabilities near the truth, the pseudo-mask they give at a lower threshold, and CAMs
+    that are zero for the classes not in its tags."""
+    image, mask = render(DEMO, index)
+    lut = np.full(256, IGNORE, np.uint8)
+    lut[: TISSUES.k] = np.arange(1, TISSUES.k + 1)
+    truth = lut[mask]
+    rng = np.random.default_rng(index)
+    onehot = np.stack([truth == c for c in range(1, TISSUES.k + 1)]).astype(np.float32)
+    probs = np.clip(onehot * 0.45 + rng.random(onehot.shape) * 0.6, 0, 1).astype(np.float16)
+    tagged = onehot.any(axis=(1, 2))[:, None, None]
+    return {
+        "name": f"tissue{index}",
+        "image": image,
+        "truth": truth,
+        "prob": probs,
+        "pseudo": predicted_labels(probs, 0.3),
+        "cam": (probs * tagged).astype(np.float16),
+    }
+
+
+def colour_pixels(path, rgb) -> int:
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3).astype(int)
+    return int((np.abs(pixels - rgb).max(axis=1) <= 1).sum())
+
+
+def test_class_colours_have_one_source():
+    assert COLOURS == {
+        "tumor": (31, 119, 180),
+        "stroma": (255, 127, 14),
+        "lymphocytes": (44, 160, 44),
+    }
+    binary = class_labels(LabelSpace(("lesion",)), class_colors(["normal", "lesion"]))[0]
+    assert binary.color == (255, 127, 14)  # QuPath's, as before: tab10's second colour
+    assert class_colors(TISSUES.classes, {"stroma": [1, 2, 3]})["stroma"] == (1, 2, 3)
+    assert PALETTE.panel[1:] == tuple(COLOURS.values()) == PALETTE.overlay
+    assert palette_of(LabelSpace(("lesion",)), {"lesion": (1, 2, 3)}) == replace(
+        BINARY, space=LabelSpace(("lesion",))
+    )  # K = 1 keeps the paper's white masks and red overlay
+    with pytest.raises(ValueError, match="no colour for class"):
+        palette_of(TISSUES, {"tumor": (1, 2, 3)})
+
+
+def test_predicted_labels_are_the_argmax_where_the_highest_probability_passes():
+    p = np.array([[[0.2, 0.7, 0.9]], [[0.4, 0.6, 0.95]]], np.float16)
+    assert predicted_labels(p, 0.5).tolist() == [[0, 1, 2]]
+    binary = np.random.default_rng(0).random((8, 8)).astype(np.float16)
+    for probs in (binary, binary[None]):  # K = 1: p >= threshold, a 2-D or a (1, H, W) map
+        np.testing.assert_array_equal(predicted_labels(probs, 0.4), binary >= 0.4)
+
+
+def test_label_error_map_colours_each_kind_of_error():
+    pred = np.array([[1, 2, 0, 3, 0, 2]], np.uint8)
+    ref = np.array([[1, 1, 2, 0, 0, IGNORE]], np.uint8)
+    kinds = ("TP", "wrong", "FN", "FP", "TN", "unlabelled")
+    expected = [[list(MULTICLASS_ERROR_COLORS[k]) for k in kinds]]
+    assert label_error_rgb(pred, ref).tolist() == expected
+    assert MULTICLASS_ERROR_COLORS["wrong"] not in ERROR_COLORS.values()
+
+
+def test_image_scores_are_each_images_miou():
+    a, b = tissue_example(0), tissue_example(1)
+    rows = pd.DataFrame(
+        [
+            *confusion_rows(label_confusion(a["pseudo"], a["truth"], 4), name="a"),
+            *confusion_rows(label_confusion(b["pseudo"], b["truth"], 4), name="b"),
+        ]
+    )
+    scores = image_scores(rows, 4)
+    assert scores == {
+        "a": mean_iou(label_confusion(a["pseudo"], a["truth"], 4)),
+        "b": mean_iou(label_confusion(b["pseudo"], b["truth"], 4)),
+    }
+    assert 0 < scores["a"] < 1
+
+
+def test_k3_figures_draw_each_class_in_its_colour_with_a_legend(tmp_path):
+    examples = [tissue_example(i) | {"iou": 0.5 + 0.1 * i} for i in range(3)]
+    for ex in examples:
+        ex["pred"], ex["reference"] = predicted_labels(ex["prob"]), ex["truth"]
+    assert any((ex["truth"] == IGNORE).any() for ex in examples)  # white background
+    panels = segmentation_panels(examples, tmp_path / "s.png", palette=PALETTE)
+    assert "tissue1\nmIoU vs truth 0.600" in panels  # the row says its score is the mIoU
+    assert {*TISSUES.classes, "background", "unlabelled (not scored)"} <= set(panels)
+    assert "prediction (max p ≥ 0.5)" in panels and "highest class probability" in panels
+    for colour in COLOURS.values():  # panels and overlays in the class colours, not the binary
+        assert colour_pixels(tmp_path / "s.png", colour) > 200, colour
+    errors = error_maps(examples, tmp_path / "e.png", palette=PALETTE)
+    assert "tissue2\nmIoU vs truth 0.700" in errors
+    assert {"correct class", "wrong class", "unlabelled in truth: not scored"} <= set(errors)
+    assert colour_pixels(tmp_path / "e.png", MULTICLASS_ERROR_COLORS["wrong"]) > 50
+    text = uncertainty_maps(examples, tmp_path / "u.png", palette=PALETTE)
+    assert "uncertainty 1 − 2|max p − 0.5|" in text
+    drawn_twice(tmp_path, lambda p: segmentation_panels(examples, p, palette=PALETTE))
+
+
+def test_k3_pseudo_mask_steps_draw_a_cam_per_class(tmp_path):
+    names, images, cams, truth = [], {}, {}, {}
+    steps = {s: {} for s in STEPS}
+    for i in range(2):
+        ex = tissue_example(i)
+        name = ex["name"]
+        names.append(name)
+        write_png(tmp_path / f"{name}.png", ex["image"])
+        np.save(tmp_path / f"{name}.npy", ex["cam"])
+        TISSUES.write_labels(tmp_path / f"{name}_truth.png", ex["truth"])
+        for step in STEPS:
+            TISSUES.write_labels(tmp_path / f"{name}_{step}.png", ex["pseudo"])
+            steps[step][name] = str(tmp_path / f"{name}_{step}.png")
+        images[name], cams[name] = str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}.npy")
+        truth[name] = str(tmp_path / f"{name}_truth.png")
+    absent = [not np.load(cams[n]).any(axis=(1, 2)).all() for n in names]
+    assert any(absent)  # an image without every class: its other CAMs are zeros
+    text = pseudo_mask_steps(
+        names, images, cams, steps, "crf", truth, tmp_path / "p.png",
+        ious=dict.fromkeys(names, 0.25), palette=PALETTE,
+    )  # fmt: skip
+    cam_texts = [t for t in text if t.startswith("CAM ")]  # a column per class, one colour bar
+    assert cam_texts == [*(f"CAM {c}" for c in TISSUES.classes), "CAM (over image)"]
+    assert "no CAM" in text and f"{names[0]}\nmIoU vs truth 0.250" in text
+    assert {*TISSUES.classes, "crf (pseudo-mask) outline"} <= set(text)
+    labels = {"classes": list(TISSUES.classes), "ignore_index": 255}
+    caption = render_caption("pseudo_mask_steps", {"final_step": "crf", "labels": labels})
+    assert "its mIoU against the real mask" in caption and '"no CAM"' in caption

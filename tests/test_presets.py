@@ -13,13 +13,18 @@ from PIL import Image
 from snakemake.utils import validate
 from workflow_runner import REPO, snakemake
 
-from histo_wsss.io import read_mask, scaled_size, write_png
+from histo_wsss.classes import LabelSpace
+from histo_wsss.dataset import DatasetSpec
+from histo_wsss.io import read_mask, read_rgb, scaled_size, write_png
+from histo_wsss.patches import PatchParams, cut
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 MHIST = REPO / "config" / "mhist.yaml"
 GLAS = REPO / "config" / "glas.yaml"
 GLAS_GLANDS = REPO / "config" / "glas_glands.yaml"
 GLAS_DATA = REPO.parent / "shared" / "data" / "glas-train"
+WSSS4LUAD = REPO / "config" / "wsss4luad.yaml"
+WSSS4LUAD_DATA = REPO.parent / "shared" / "data" / "wsss4luad-masked"
 MHIST_HEADER = [
     "Image Name",
     "Majority Vote Label",
@@ -48,7 +53,11 @@ def _job_inputs(dry_run: str, rule: str) -> str:
 # The presets are complete and valid
 
 
-@pytest.mark.parametrize("preset", [MHIST, GLAS, GLAS_GLANDS], ids=["mhist", "glas", "glas_glands"])
+@pytest.mark.parametrize(
+    "preset",
+    [MHIST, GLAS, GLAS_GLANDS, WSSS4LUAD],
+    ids=["mhist", "glas", "glas_glands", "wsss4luad"],
+)
 def test_preset_sets_every_key_and_validates(preset):
     """Every key of every section but `demo` is set in the file itself, so that nothing comes
     from config/config.yaml (which snakemake layers below it when run from the repository)."""
@@ -301,3 +310,40 @@ def test_glas_glands_labels_every_image_from_its_gland_mask(tmp_path):
     refused = snakemake(tmp_path, "-n", config=image_tags, base=GLAS_GLANDS, check=False)
     assert refused.returncode != 0
     assert "but class 'no_gland' has 0 (labels from the masks)" in refused.stdout + refused.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# WSSS4LUAD: three tissue classes, patches tagged from the masks
+
+
+def test_wsss4luad_preset_cuts_patches_tagged_from_the_masks(tmp_path):
+    """The preset's DAG builds on the real data (68 images, classes from the `Tags` column and
+    the 3-class masks, value 3 unlabelled), the classifier trains on patches tagged from the
+    masks, and a patch's tags are the classes that cover min_share of it in its mask (not its
+    image's tags)."""
+    if not WSSS4LUAD_DATA.is_dir():
+        pytest.skip(f"WSSS4LUAD data not found at {WSSS4LUAD_DATA} (see ../shared/data/README.md)")
+    preset = _load(WSSS4LUAD)
+    dataset = {k: str(WSSS4LUAD_DATA / k) for k in ("images", "masks")}
+    dataset["labels"] = str(WSSS4LUAD_DATA / "labels.csv")
+    plan = snakemake(tmp_path, "-n", config={"dataset": dataset}, base=WSSS4LUAD).stdout
+    assert "results/wsss4luad/truth/shards/" in _job_inputs(plan, "patches")  # the real masks
+    assert "results/wsss4luad/patches/shards/" in _job_inputs(plan, "train_classifier")
+    params = PatchParams.from_config(preset["patches"])
+    assert params.tags == "mask" and preset["classifier"]["train_on"] == "patches"
+    space = DatasetSpec.from_config(preset["dataset"] | dataset).label_space
+    assert space == LabelSpace(("tumor", "stroma", "normal"), ignore_index=3)
+    labels = pd.read_csv(WSSS4LUAD_DATA / "labels.csv").set_index("Image Name")
+    differ = 0
+    for name in ("val_00.png", "val_09.png"):  # tumor;stroma, tumor;stroma;normal
+        with Image.open(WSSS4LUAD_DATA / "masks" / name) as img:
+            values = np.asarray(img)
+        rows = cut(name, read_rgb(WSSS4LUAD_DATA / "images" / name), labels.at[name, "Tags"],
+                   params, space, space.read_truth(WSSS4LUAD_DATA / "masks" / name))  # fmt: skip
+        for row, _ in rows:
+            window = values[row["y"] : row["y"] + params.size, row["x"] : row["x"] + params.size]
+            shares = np.bincount(window.ravel(), minlength=4)[:3] / window.size
+            expected = [c for c, s in zip(space.classes, shares, strict=True) if s >= 0.05 and s]
+            assert row["tags"] == ";".join(expected), row
+            differ += row["tags"] != labels.at[name, "Tags"]
+    assert differ > 0  # some patches hold fewer classes than their image

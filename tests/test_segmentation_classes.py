@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from histo_wsss import segmentation as seg
-from histo_wsss.classes import IGNORE, LabelSpace
+from histo_wsss.classes import IGNORE, LabelSpace, class_colors
 from histo_wsss.corrections import CorrectionError, make_targets, read_correction
 from histo_wsss.demo import DemoSpec, generate
 from histo_wsss.evaluation import (
@@ -27,7 +27,7 @@ from histo_wsss.evaluation import (
 from histo_wsss.io import read_rgb, write_png
 from histo_wsss.metrics import pooled_confusion
 from histo_wsss.prediction import save_predictions
-from histo_wsss.qupath import class_colors, class_labels, mask_features, write_geojson
+from histo_wsss.qupath import class_labels, mask_features, write_geojson
 from histo_wsss.review import image_scores, review_queue
 from histo_wsss.segmentation import SegmentationLoss, label_targets, load_checkpoint, train
 

@@ -18,15 +18,19 @@ which becomes :data:`IGNORE` (WSSS4LUAD's non-tissue background, value 3, is sco
 Label maps that the workflow writes (real masks at the working scale, patch masks) are PNGs of
 the labels themselves, except for K = 1, whose label 1 is written as 255: binary masks stay the
 0/255 PNGs they always were.
+
+A class has one colour everywhere (QuPath's annotations, the figures, the demo's contact sheet):
+:func:`class_colors`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib import colormaps
 from PIL import Image
 
 from histo_wsss.io import open_image, read_mask, scaled_size, write_png
@@ -34,6 +38,23 @@ from histo_wsss.io import open_image, read_mask, scaled_size, write_png
 IGNORE = 255
 FORMATS = ("mhist", "tags")
 TAG_SEPARATOR = ";"
+#: RGB 0-255 colour of a class.
+RGB = tuple[int, int, int]
+
+
+def class_colors(
+    classes: Sequence[str], colors: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, RGB]:
+    """``{class: (r, g, b)}``, the one source of class colours: the configured ``colors``
+    (``qupath.colors``), else matplotlib's tab10 by the class's index in ``classes`` (the
+    config's ``dataset.classes``: the binary format's positive class is its second, tab10's
+    orange), so a class has the same colour in every file, figure and run."""
+    palette = colormaps["tab10"].colors
+    colors = colors or {}
+    return {
+        c: tuple(int(v) for v in colors.get(c, np.round(np.asarray(palette[i % 10]) * 255)))
+        for i, c in enumerate(classes)
+    }
 
 
 @dataclass(frozen=True)

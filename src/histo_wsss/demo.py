@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from matplotlib.colors import to_rgb
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.patches import Patch
 from PIL import Image
 
@@ -43,7 +43,6 @@ COLUMNS = (
 TAGS_COLUMNS = ("Image Name", "Tags", "Partition")  # the multi-label labels CSV
 TAG_SEPARATOR = ";"
 POSITIVE_COLOUR = "#00ff66"  # the binary contact sheet's outline of the positive class
-CLASS_COLOURS = ("#ffd400", "#00e5ff", "#ff3df5", "#00ff66", "#ff7f0e", "#1f77b4")  # multi-class
 # Typical H and E optical-density vectors of scanned H&E slides (Macenko et al.'s reference, as
 # used by torchstain); Ruifrok & Johnston's idealised eosin (0.07, 0.99, 0.11) absorbs almost no
 # red, which real slides do not show and which Macenko's OD threshold cannot see.
@@ -698,32 +697,32 @@ def generate(spec: DemoSpec, out_dir: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
-def _tint(mask: np.ndarray, n_classes: int) -> np.ndarray:
-    """RGBA overlay: each class index its colour (:data:`CLASS_COLOURS`) at alpha 0.2."""
-    colours = np.zeros((256, 4))
-    colours[:n_classes] = [(*to_rgb(c), 0.2) for c in CLASS_COLOURS[:n_classes]]
-    return colours[mask]
+def _tint(mask: np.ndarray, colours: Sequence[str]) -> np.ndarray:
+    """RGBA overlay: each class index its colour at alpha 0.2."""
+    rgba = np.zeros((256, 4))
+    rgba[: len(colours)] = [(*to_rgb(c), 0.2) for c in colours]
+    return rgba[mask]
 
 
 def contact_sheet(
     out_dir: str | os.PathLike,
     path: str | os.PathLike,
     n: int = 16,
-    classes: Sequence[str] | None = None,
+    colors: Mapping[str, Sequence[int]] | None = None,
 ) -> None:
     """Save a grid of ``n`` demo images (each label or tag combination in turn, by name) titled
-    with their labels. Binary demo (``classes`` None): the positive-class mask outlined; multi-
-    class demo (its ``classes``): each class tinted and outlined in its colour, with a legend."""
+    with their labels. Binary demo (``colors`` None): the positive-class mask outlined; multi-
+    class demo (``colors``: its classes in mask-value order and their RGB colours,
+    :func:`histo_wsss.classes.class_colors`): each class tinted and outlined in its colour, with
+    a legend."""
     out_dir = Path(out_dir)
     table = pd.read_csv(out_dir / "labels.csv")
-    label = COLUMNS[1] if classes is None else TAGS_COLUMNS[1]
+    label = COLUMNS[1] if colors is None else TAGS_COLUMNS[1]
     rank = table.groupby(label, sort=False).cumcount()  # round robin over the labels
     chosen = table.loc[rank.sort_values(kind="stable").index[:n]].sort_index()
-    outlines = (
-        [(255, POSITIVE_COLOUR)]
-        if classes is None
-        else list(enumerate(CLASS_COLOURS[: len(classes)]))
-    )
+    classes = list(colors or {})
+    hexes = [to_hex(np.asarray(c) / 255) for c in (colors or {}).values()]
+    outlines = [(255, POSITIVE_COLOUR)] if colors is None else list(enumerate(hexes))
     cols = int(np.ceil(np.sqrt(len(chosen))))
     rows = int(np.ceil(len(chosen) / cols))
     with figure(path, (2.2 * cols, 2.45 * rows + (0.3 if classes else 0))) as fig:
@@ -735,8 +734,8 @@ def contact_sheet(
             ax.imshow(read_rgb(out_dir / "images" / name), interpolation="nearest")
             with Image.open(out_dir / "masks" / name) as img:
                 mask = np.asarray(img)
-            if classes is not None:
-                ax.imshow(_tint(mask, len(classes)), interpolation="nearest")
+            if colors is not None:
+                ax.imshow(_tint(mask, hexes), interpolation="nearest")
             for value, colour in outlines:
                 if (mask == value).any():
                     ax.contour(
@@ -745,10 +744,10 @@ def contact_sheet(
             ax.set_title(
                 f"{Path(name).stem}\n{str(row[label]).replace(TAG_SEPARATOR, ', ')}", fontsize=8
             )
-        if classes is not None:
+        if colors is not None:
             handles = [
                 Patch(facecolor=c, edgecolor="black", label=k)
-                for k, c in zip(classes, CLASS_COLOURS, strict=False)
+                for k, c in zip(classes, hexes, strict=True)
             ]
             fig.legend(
                 handles=handles,

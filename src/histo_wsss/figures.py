@@ -1,4 +1,12 @@
-"""Reproducible matplotlib figures: the same saved results give the same bytes."""
+"""Reproducible matplotlib figures: the same saved results give the same bytes.
+
+Masks are label maps (:mod:`histo_wsss.classes`: 0 background, ``c`` in 1..K class ``c - 1``,
+255 unlabelled) and probability and CAM files are ``(K, H, W)`` arrays (a 2-D file is K = 1).
+A :class:`Palette` says how label maps are drawn: for K = 1 the paper's figures (white masks on
+black, red overlays, no class legend), for K > 1 each class in its colour
+(:func:`histo_wsss.classes.class_colors`) with a legend. A row's score is the image's IoU of its
+class for K = 1 and its mIoU (:func:`histo_wsss.metrics.mean_iou`) for K > 1, and says which.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -13,13 +22,16 @@ import matplotlib.style
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.text import Text
 
+from histo_wsss.classes import IGNORE, RGB, LabelSpace
 from histo_wsss.evaluation import REFERENCES, val_iou_columns
-from histo_wsss.io import atomic_path, read_mask, read_rgb
+from histo_wsss.io import atomic_path, read_rgb
+from histo_wsss.metrics import mean_iou, pooled_confusion
 
 METADATA = {
     "png": {"Software": None},
@@ -56,6 +68,117 @@ def pick_examples(scores: Mapping[str, float], n: int) -> list[str]:
     return [ranked[round(i)] for i in np.linspace(0, len(ranked) - 1, n)]
 
 
+# --- class colours ---------------------------------------------------------------------------
+
+#: Label-map panels: background (label 0) and unlabelled pixels (not scored).
+BACKGROUND_COLOR = (0, 0, 0)
+UNLABELLED_COLOR = (128, 128, 128)
+OVERLAY_COLOR = (255, 0, 0)
+OVERLAY_ALPHA = 0.45
+
+
+@dataclass(frozen=True)
+class Palette:
+    """How the label maps of ``space`` are read and drawn: the ``panel`` colour of labels 0..K
+    in a label-map panel (unlabelled pixels :data:`UNLABELLED_COLOR`) and each class's
+    ``overlay`` colour blended over the image. Made by :func:`palette_of`."""
+
+    space: LabelSpace
+    panel: tuple[RGB, ...]
+    overlay: tuple[RGB, ...]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.space.classes
+
+    @property
+    def k(self) -> int:
+        return self.space.k
+
+    @property
+    def score(self) -> str:
+        """What a row's score is: the IoU of the one class, or the image's mIoU."""
+        return "IoU" if self.k == 1 else "mIoU"
+
+    def draw(self, ax, labels: np.ndarray) -> None:
+        """``labels`` as a label-map panel: each label its ``panel`` colour (nearest pixel)."""
+        labels = _labels(labels)
+        index = np.where(labels == IGNORE, self.k + 1, labels)
+        colours = np.asarray([*self.panel, UNLABELLED_COLOR], dtype=np.float64) / 255
+        ax.imshow(
+            index,
+            cmap=ListedColormap(colours),
+            vmin=-0.5,
+            vmax=self.k + 1.5,
+            interpolation="nearest",
+        )
+
+    def overlay_rgb(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``image`` with each class's ``overlay`` colour blended in where ``labels`` hold it."""
+        labels = _labels(labels)
+        for c, colour in enumerate(self.overlay, start=1):
+            image = overlay(image, labels == c, colour)
+        return image
+
+    def outline(self, ax, labels: np.ndarray, color: str) -> None:
+        """The outline of each class's region of ``labels`` in ``color``."""
+        labels = _labels(labels)
+        for c in range(1, self.k + 1):
+            _outline(ax, labels == c, color)
+
+    def handles(self, unlabelled: bool = False) -> list[Patch]:
+        """Legend entries of the class colours (K > 1; none for K = 1, whose masks are white)
+        and, with ``unlabelled``, of the grey unlabelled pixels."""
+        if self.k == 1:
+            return []
+        entries = list(zip(("background", *self.classes), self.panel, strict=True))
+        if unlabelled:
+            entries.append(("unlabelled (not scored)", UNLABELLED_COLOR))
+        return [
+            Patch(facecolor=np.asarray(c) / 255, edgecolor="black", label=name)
+            for name, c in entries
+        ]
+
+
+def palette_of(space: LabelSpace, colors: Mapping[str, Sequence[int]] | None = None) -> Palette:
+    """The :class:`Palette` of ``space``'s K classes: K = 1 the paper's figures (white masks on
+    black, :data:`OVERLAY_COLOR` overlays); K > 1 each class its ``colors`` entry (``{class:
+    (r, g, b)}``, :func:`histo_wsss.classes.class_colors`) in panels and overlays, background
+    black."""
+    if space.k == 1:
+        return Palette(space, (BACKGROUND_COLOR, (255, 255, 255)), (OVERLAY_COLOR,))
+    missing = [c for c in space.classes if c not in (colors or {})]
+    if missing:
+        raise ValueError(f"no colour for class(es) {missing}")
+    rgb = tuple(tuple(int(v) for v in colors[c]) for c in space.classes)
+    return Palette(space, (BACKGROUND_COLOR, *rgb), rgb)
+
+
+#: The binary figures' palette (K = 1; masks read as 0/255 PNGs).
+BINARY = palette_of(LabelSpace(("positive",)))
+
+
+def predicted_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 label map of a ``(K, H, W)`` probability map (2-D: K = 1): 0 where the highest
+    class probability is below ``threshold``, else 1 + its class (K = 1: ``p >= threshold``)."""
+    probs = _probs(probs)
+    best = probs.max(axis=0)
+    return np.where(best >= threshold, probs.argmax(axis=0) + 1, 0).astype(np.uint8)
+
+
+def image_scores(rows: pd.DataFrame, n_labels: int) -> dict[str, float]:
+    """Each image's mIoU (:func:`histo_wsss.metrics.mean_iou`) from its confusion matrix stored
+    as rows ``name, truth_label, pred_label, pixels`` (:func:`histo_wsss.metrics.confusion_rows`)
+    over ``n_labels`` labels."""
+    return {
+        str(name): mean_iou(pooled_confusion(group, n_labels))
+        for name, group in rows.groupby("name", sort=True)
+    }
+
+
+# --- pseudo-masks and stain normalization ----------------------------------------------------
+
+
 def pseudo_mask_steps(
     names: Sequence[str],
     images: Mapping[str, str],
@@ -65,37 +188,49 @@ def pseudo_mask_steps(
     truth: Mapping[str, str],
     path: str | os.PathLike,
     ious: Mapping[str, float] | None = None,
+    palette: Palette = BINARY,
 ) -> list[str]:
-    """One row per image: image, CAM (:data:`SCORE_CMAP` over the image, one colour bar), the
-    mask after each refinement step (``final_step``'s, the pseudo-mask, titled so), ground
-    truth with the final mask's outline. A row is labelled with the image's name and, from
-    ``ious``, its final mask's IoU vs truth. Returns the figure's texts (:func:`drawn_text`)."""
+    """One row per image: image, a CAM per class (:data:`SCORE_CMAP` over the image, one colour
+    bar; "no CAM" for a class not in the image's tags, whose channel is all zeros), the mask
+    after each refinement step (``final_step``'s, the pseudo-mask, titled so), ground truth
+    with the final mask's outlines; masks read and drawn by ``palette``. A row is labelled with
+    the image's name and, from ``ious``, its final mask's score vs truth (K > 1: mIoU). Returns
+    the figure's texts (:func:`drawn_text`)."""
+    cam_titles = ["CAM"] if palette.k == 1 else [f"CAM {c}" for c in palette.classes]
     titles = [f"{s} (pseudo-mask)" if s == final_step else s for s in steps]
-    columns = ["image", "CAM", *titles] + (["ground truth"] if truth else [])
+    columns = ["image", *cam_titles, *titles] + (["ground truth"] if truth else [])
+    unlabelled = False
     with figure(path, (1.9 * len(columns) + 0.6, 1.9 * len(names) + 0.4)) as fig:
         axes = fig.subplots(len(names), len(columns), squeeze=False)
+        cam = None
         for row, name in zip(axes, names, strict=True):
             rgb = read_rgb(images[name])
             row[0].imshow(rgb)
-            row[1].imshow(rgb)
-            cam = row[1].imshow(
-                np.load(cams[name]).astype(np.float32), cmap=SCORE_CMAP, alpha=0.5, vmin=0, vmax=1
-            )
-            masks = [read_mask(files[name]) for files in steps.values()]
-            for ax, mask in zip(row[2:], masks, strict=False):
-                ax.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            maps = _probs(np.load(cams[name]).astype(np.float32), "CAM")
+            for ax, channel in zip(row[1:], maps, strict=False):
+                ax.imshow(rgb)
+                if channel.any():
+                    cam = ax.imshow(channel, cmap=SCORE_CMAP, alpha=0.5, vmin=0, vmax=1)
+                else:
+                    ax.text(0.5, 0.5, "no CAM", ha="center", va="center", transform=ax.transAxes)
+            masks = [palette.space.read_labels(files[name]) for files in steps.values()]
+            for ax, mask in zip(row[1 + len(maps) :], masks, strict=False):
+                palette.draw(ax, mask)
             if truth:
-                row[-1].imshow(read_mask(truth[name]), cmap="gray", vmin=0, vmax=1)
-                _outline(row[-1], masks[list(steps).index(final_step)], FINAL_OUTLINE)
+                reference = palette.space.read_labels(truth[name])
+                unlabelled |= bool((reference == IGNORE).any())
+                palette.draw(row[-1], reference)
+                palette.outline(row[-1], masks[list(steps).index(final_step)], FINAL_OUTLINE)
             for ax in row:
                 _off(ax)
-            label = name if ious is None else f"{name}\nIoU vs truth {ious[name]:.3f}"
+            label = name if ious is None else f"{name}\n{palette.score} vs truth {ious[name]:.3f}"
             row[0].set_ylabel(label, fontsize=8)
         for ax, title in zip(axes[0], columns, strict=True):
             ax.set_title(title, fontsize=9)
-        fig.colorbar(cam, ax=axes, shrink=0.6, label="CAM (over image)")
-        if truth:
-            _outline_legend(fig, {FINAL_OUTLINE: f"{final_step} (pseudo-mask) outline"})
+        if cam is not None:
+            fig.colorbar(cam, ax=axes, shrink=0.6, label="CAM (over image)")
+        outlines = {FINAL_OUTLINE: f"{final_step} (pseudo-mask) outline"} if truth else {}
+        _legend(fig, palette.handles(unlabelled) + _lines(outlines))
         return drawn_text(fig)
 
 
@@ -142,8 +277,21 @@ ERROR_LABELS = {
     "FN": "FN: in {reference}, missed",
     "TN": "TN: in neither",
 }
-OVERLAY_COLOR = (255, 0, 0)
-OVERLAY_ALPHA = 0.45
+#: K > 1: a class predicted on another class, and unlabelled reference pixels (not scored).
+WRONG_CLASS_COLOR = (255, 200, 0)
+MULTICLASS_ERROR_COLORS = {
+    **ERROR_COLORS,
+    "wrong": WRONG_CLASS_COLOR,
+    "unlabelled": UNLABELLED_COLOR,
+}
+MULTICLASS_ERROR_LABELS = {
+    "TP": "correct class",
+    "wrong": "wrong class",
+    "FN": "missed: background predicted on a class",
+    "FP": "false: a class predicted on background",
+    "TN": "background in both",
+    "unlabelled": "unlabelled in {reference}: not scored",
+}
 #: Perceptually uniform colour maps (lightness grows with the value): probabilities and CAMs,
 #: uncertainty.
 SCORE_CMAP = "magma"
@@ -161,13 +309,28 @@ def _mask(array: np.ndarray) -> np.ndarray:
     return array if array.dtype == bool else array > 0
 
 
-def _prob(array: np.ndarray) -> np.ndarray:
+def _labels(array: np.ndarray) -> np.ndarray:
+    """uint8 label map from a 2-D label map or boolean mask (``True`` = label 1)."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D label map, got shape {array.shape}")
+    return array.astype(np.uint8)
+
+
+def _probs(array: np.ndarray, what: str = "probability map") -> np.ndarray:
+    """float64 ``(K, H, W)`` maps in [0, 1] from a ``(K, H, W)`` or 2-D (K = 1) array."""
     prob = np.asarray(array, dtype=np.float64)
-    if prob.ndim != 2:
-        raise ValueError(f"expected a 2-D probability map, got shape {prob.shape}")
+    if prob.ndim not in (2, 3):
+        raise ValueError(f"expected a (K, H, W) or 2-D {what}, got shape {prob.shape}")
     if not (np.isfinite(prob).all() and (prob >= 0).all() and (prob <= 1).all()):
-        raise ValueError("probabilities must be finite and in [0, 1]")
-    return prob
+        raise ValueError(f"{what} values must be finite and in [0, 1]")
+    return prob.reshape(-1, *prob.shape[-2:])
+
+
+def max_prob(probs: np.ndarray) -> np.ndarray:
+    """The highest class probability per pixel of ``(K, H, W)`` maps (2-D: K = 1, the map):
+    the probability that the pixel holds a class, which :func:`predicted_labels` thresholds."""
+    return _probs(probs).max(axis=0)
 
 
 def _same_shape(*arrays: np.ndarray) -> None:
@@ -193,22 +356,39 @@ def overlay(
     return np.round(out).astype(np.uint8)
 
 
-def error_map_rgb(pred: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 error map: white TP, red FP, blue FN, black TN (:data:`ERROR_COLORS`)."""
-    pred, reference = _mask(pred), _mask(reference)
+def label_error_rgb(pred: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 error map of label maps (:data:`MULTICLASS_ERROR_COLORS`): white the right
+    class, yellow a wrong class, blue a class missed (background predicted), red a class
+    predicted on background, black background in both, grey unlabelled reference pixels."""
+    pred, reference = _labels(pred), _labels(reference)
     if pred.shape != reference.shape:
         raise ValueError(f"shape mismatch: pred {pred.shape} vs reference {reference.shape}")
+    scored = reference != IGNORE
+    cls, on = reference > 0, pred > 0
+    kinds = {
+        "TP": scored & cls & (pred == reference),
+        "wrong": scored & cls & on & (pred != reference),
+        "FN": scored & cls & ~on,
+        "FP": ~cls & on,
+        "TN": ~cls & ~on,
+        "unlabelled": ~scored,
+    }
     out = np.zeros((*pred.shape, 3), dtype=np.uint8)
-    out[pred & reference] = ERROR_COLORS["TP"]
-    out[pred & ~reference] = ERROR_COLORS["FP"]
-    out[~pred & reference] = ERROR_COLORS["FN"]
-    out[~pred & ~reference] = ERROR_COLORS["TN"]
+    for kind, where in kinds.items():
+        out[where] = MULTICLASS_ERROR_COLORS[kind]
     return out
 
 
+def error_map_rgb(pred: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 error map of binary masks (boolean or 0/255): white TP, red FP, blue FN,
+    black TN (:data:`ERROR_COLORS`): :func:`label_error_rgb` of the one class."""
+    return label_error_rgb(_mask(pred), _mask(reference))
+
+
 def uncertainty(prob: np.ndarray) -> np.ndarray:
-    """Pixel uncertainty ``U = 1 - 2 |p - 0.5|`` (paper §3): 1 at p = 0.5, 0 at p = 0 or 1."""
-    return 1.0 - 2.0 * np.abs(_prob(prob) - 0.5)
+    """Pixel uncertainty ``U = 1 - 2 |p - 0.5|`` (paper §3): 1 at p = 0.5, 0 at p = 0 or 1; of
+    the highest class probability (:func:`max_prob`) where there are K > 1 maps."""
+    return 1.0 - 2.0 * np.abs(max_prob(prob) - 0.5)
 
 
 def _off(ax) -> None:
@@ -229,33 +409,53 @@ def _outline(ax, mask: np.ndarray, color: str) -> None:
         ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=0.9)
 
 
-def _outline_legend(fig: Figure, outlines: Mapping[str, str]) -> None:
-    handles = [Line2D([], [], color=c, linewidth=1.5, label=label) for c, label in outlines.items()]
-    fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False)
+def _lines(outlines: Mapping[str, str]) -> list[Line2D]:
+    """Legend entries of outlines: ``{colour: label}``."""
+    return [Line2D([], [], color=c, linewidth=1.5, label=label) for c, label in outlines.items()]
 
 
-def _error_legend(fig: Figure, reference: str) -> None:
+def _legend(fig: Figure, handles: Sequence) -> None:
+    """One legend below the figure (none without ``handles``), up to 4 entries a line."""
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(len(handles), 4),
+            fontsize=8,
+            frameon=False,
+        )
+
+
+def _error_legend(fig: Figure, reference: str, k: int, unlabelled: bool) -> None:
+    """The error map's legend: TP, FP, FN, TN for K = 1; for K > 1 the right and the wrong
+    class, missed, false, background, and unlabelled reference pixels where there are any."""
+    if k == 1:
+        colours, labels = ERROR_COLORS, ERROR_LABELS
+    else:
+        colours, labels = MULTICLASS_ERROR_COLORS, MULTICLASS_ERROR_LABELS
+        if not unlabelled:
+            labels = {key: v for key, v in labels.items() if key != "unlabelled"}
     ncols = 4 if fig.get_figwidth() >= 7.5 else 2
     handles = [
         Patch(
-            facecolor=np.asarray(ERROR_COLORS[k]) / 255,
+            facecolor=np.asarray(colours[key]) / 255,
             edgecolor="black",
-            label=ERROR_LABELS[k].format(reference=reference),
+            label=label.format(reference=reference),
         )
-        for k in ERROR_COLORS
+        for key, label in labels.items()
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
 
 
-def _row_label(example: Mapping, reference: str, pred: np.ndarray) -> str:
-    """A row's label from the example's optional keys: its ``name``, then its ``iou`` vs
-    ``reference`` or, for a ``negative`` image, the share of its pixels predicted positive
-    (``pred``)."""
+def _row_label(example: Mapping, reference: str, pred: np.ndarray, score: str = "IoU") -> str:
+    """A row's label from the example's optional keys: its ``name``, then its ``iou`` (the
+    ``score``: IoU, or mIoU for K > 1) vs ``reference`` or, for a ``negative`` image, the share
+    of its pixels predicted as a class (``pred``)."""
     label = str(example.get("name", ""))
     if example.get("negative"):
         return f"{label}\nnegative image\n{_mask(pred).mean():.1%} predicted"
     if example.get("iou") is not None:
-        return f"{label}\nIoU vs {reference} {example['iou']:.3f}"
+        return f"{label}\n{score} vs {reference} {example['iou']:.3f}"
     return label
 
 
@@ -274,20 +474,22 @@ def load_example(
     pseudo_path: str | os.PathLike,
     truth_path: str | os.PathLike | None = None,
     name: str = "",
+    space: LabelSpace = BINARY.space,
 ) -> dict:
     """Read one evaluated image into the dict the ``*_panels``/``*_maps`` functions take.
 
-    Keys: ``name``, ``image`` (uint8 RGB), ``prob`` (float32), ``pseudo`` (bool) and, with a
-    non-empty ``truth_path``, ``truth`` (bool).
+    Keys: ``name``, ``image`` (uint8 RGB), ``prob`` (float32, as saved: ``(K, H, W)``),
+    ``pseudo`` (label map, read as ``space`` writes them) and, with a non-empty ``truth_path``,
+    ``truth`` (label map).
     """
     example = {
         "name": name,
         "image": read_rgb(image_path),
         "prob": np.load(prob_path).astype(np.float32),
-        "pseudo": read_mask(pseudo_path),
+        "pseudo": space.read_labels(pseudo_path),
     }
     if truth_path:
-        example["truth"] = read_mask(truth_path)
+        example["truth"] = space.read_labels(truth_path)
     return example
 
 
@@ -297,47 +499,54 @@ def segmentation_panels(
     threshold: float = 0.5,
     reference: str = "truth",
     title: str = "",
+    palette: Palette = BINARY,
 ) -> list[str]:
-    """Paper Figure 2 for several images: one row per example. Returns the figure's texts.
+    """Paper Figure 2 for several images: one row per example, one shared colour bar and
+    legend. Returns the figure's texts (:func:`drawn_text`).
 
-    ``examples``: dicts with ``image``, ``pseudo``, ``prob``, optionally ``truth`` (a
-    ground-truth column and its outline on both overlays when every example has one) and the
-    row label's keys (:func:`_row_label`). Columns: image, pseudo-mask, [ground truth,]
-    predicted mask, probability map (:data:`SCORE_CMAP`, shared colour bar), pseudo-mask
-    overlay, prediction overlay.
+    ``examples``: dicts with ``image``, ``pseudo`` (label map), ``prob`` (``(K, H, W)``; 2-D for
+    K = 1), optionally ``truth`` (label map; its column and outlines are drawn when every
+    example has one) and the row label's keys (:func:`_row_label`; ``iou``: IoU, or mIoU for
+    K > 1). Columns: image, pseudo-mask, ground truth, prediction (:func:`predicted_labels` at
+    ``threshold``), probability (K > 1: the highest class probability), pseudo overlay,
+    prediction overlay; label maps and overlays in ``palette``.
     """
     _check_examples(examples, ("image", "pseudo", "prob"))
     with_truth = all("truth" in ex for ex in examples)
+    p_name = "p" if palette.k == 1 else "max p"
     columns = ["image", "pseudo-mask", *(["ground truth"] if with_truth else [])]
-    columns += [f"prediction (p ≥ {threshold:g})", "probability", "pseudo overlay"]
+    columns += [f"prediction ({p_name} ≥ {threshold:g})", "probability", "pseudo overlay"]
     columns += ["prediction overlay"]
+    unlabelled = False
     with figure(path, (1.9 * len(columns) + 0.6, 1.9 * len(examples) + 1.0)) as fig:
         axes = fig.subplots(len(examples), len(columns), squeeze=False)
         im = None
         for row, ex in zip(axes, examples, strict=True):
-            image, pseudo, p = np.asarray(ex["image"]), _mask(ex["pseudo"]), _prob(ex["prob"])
-            truth = _mask(ex["truth"]) if with_truth else None
+            image, pseudo, p = np.asarray(ex["image"]), _labels(ex["pseudo"]), max_prob(ex["prob"])
+            truth = _labels(ex["truth"]) if with_truth else None
             _same_shape(image, pseudo, p, truth)
-            pred = p >= threshold
+            pred = predicted_labels(ex["prob"], threshold)
             cells = iter(row)
             next(cells).imshow(image)
-            next(cells).imshow(pseudo, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            palette.draw(next(cells), pseudo)
             if with_truth:
-                next(cells).imshow(truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            next(cells).imshow(pred, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                unlabelled |= bool((truth == IGNORE).any())
+                palette.draw(next(cells), truth)
+            palette.draw(next(cells), pred)
             im = next(cells).imshow(p, cmap=SCORE_CMAP, vmin=0, vmax=1)
-            for ax, mask in ((next(cells), pseudo), (next(cells), pred)):
-                ax.imshow(overlay(image, mask))
+            for ax, labels in ((next(cells), pseudo), (next(cells), pred)):
+                ax.imshow(palette.overlay_rgb(image, labels))
                 if with_truth:
-                    _outline(ax, truth, TRUTH_OUTLINE)
-            row[0].set_ylabel(_row_label(ex, reference, pred), fontsize=8)
+                    palette.outline(ax, truth, TRUTH_OUTLINE)
+            row[0].set_ylabel(_row_label(ex, reference, pred, palette.score), fontsize=8)
             for ax in row:
                 _off(ax)
         for ax, name in zip(axes[0], columns, strict=True):
             ax.set_title(name, fontsize=9)
-        fig.colorbar(im, ax=axes, shrink=0.6, label="probability")
-        if with_truth:
-            _outline_legend(fig, {TRUTH_OUTLINE: "ground truth outline"})
+        label = "probability" if palette.k == 1 else "highest class probability"
+        fig.colorbar(im, ax=axes, shrink=0.6, label=label)
+        outlines = {TRUTH_OUTLINE: "ground truth outline"} if with_truth else {}
+        _legend(fig, palette.handles(unlabelled) + _lines(outlines))
         if title:
             fig.suptitle(title)
         return drawn_text(fig)
@@ -348,32 +557,36 @@ def error_maps(
     path: str | os.PathLike,
     reference: str = "truth",
     title: str = "",
+    palette: Palette = BINARY,
 ) -> list[str]:
     """Paper Figure 3 for several images: one row per example, one legend, both naming the
     ``reference`` the prediction is measured against. Returns the figure's texts.
 
-    ``examples``: dicts with ``pred`` and ``reference`` (masks), optionally ``image`` (drawn to
-    the left when every example has one) and the row label's keys (:func:`_row_label`).
-    ``title`` defaults to "prediction vs <reference>".
+    ``examples``: dicts with ``pred`` and ``reference`` (label maps, or boolean masks for
+    K = 1), optionally ``image`` (drawn to the left when every example has one) and the row
+    label's keys (:func:`_row_label`). ``title`` defaults to "prediction vs <reference>". The
+    maps are :func:`label_error_rgb`'s; ``palette`` gives K and the score's name.
     """
     _check_examples(examples, ("pred", "reference"))
     with_image = all("image" in ex for ex in examples)
     n = 2 if with_image else 1
+    unlabelled = False
     with figure(path, (2.4 * n + 0.6, 2.4 * len(examples) + 0.9)) as fig:
         axes = fig.subplots(len(examples), n, squeeze=False)
         for row, ex in zip(axes, examples, strict=True):
-            rgb = error_map_rgb(ex["pred"], ex["reference"])
+            rgb = label_error_rgb(ex["pred"], ex["reference"])
+            unlabelled |= bool((_labels(ex["reference"]) == IGNORE).any())
             if with_image:
                 _same_shape(ex["image"], rgb)
                 row[0].imshow(np.asarray(ex["image"]))
             row[-1].imshow(rgb, interpolation="nearest")
-            row[0].set_ylabel(_row_label(ex, reference, ex["pred"]), fontsize=8)
+            row[0].set_ylabel(_row_label(ex, reference, ex["pred"], palette.score), fontsize=8)
             for ax in row:
                 _off(ax)
         axes[0, -1].set_title(f"error map vs {reference}", fontsize=9)
         if with_image:
             axes[0, 0].set_title("image", fontsize=9)
-        _error_legend(fig, reference)
+        _error_legend(fig, reference, palette.k, unlabelled)
         fig.suptitle(title or f"prediction vs {reference}")
         return drawn_text(fig)
 
@@ -384,13 +597,16 @@ def uncertainty_maps(
     threshold: float = 0.5,
     reference: str = "truth",
     title: str = "",
+    palette: Palette = BINARY,
 ) -> list[str]:
     """Paper Figure 4 for several images: one row per example, one shared colour bar. Returns
     the figure's texts.
 
     ``examples``: dicts with ``prob``, optionally ``image`` (drawn to the left when every
-    example has one), ``truth`` (its outline on the map when every example has one) and the
-    row label's keys (:func:`_row_label`; a negative row's share is of ``prob >= threshold``).
+    example has one), ``truth`` (its classes' outlines on the map when every example has one)
+    and the row label's keys (:func:`_row_label`; a negative row's share is of the pixels
+    :func:`predicted_labels` gives a class at ``threshold``). K > 1: the uncertainty of the
+    highest class probability.
     """
     _check_examples(examples, ("prob",))
     with_image = all("image" in ex for ex in examples)
@@ -406,17 +622,18 @@ def uncertainty_maps(
                 row[0].imshow(np.asarray(ex["image"]))
             im = row[-1].imshow(u, cmap=UNCERTAINTY_CMAP, vmin=0, vmax=1)
             if with_truth:
-                _outline(row[-1], ex["truth"], TRUTH_OUTLINE)
-            pred = _prob(ex["prob"]) >= threshold
-            row[0].set_ylabel(_row_label(ex, reference, pred), fontsize=8)
+                palette.outline(row[-1], ex["truth"], TRUTH_OUTLINE)
+            pred = predicted_labels(ex["prob"], threshold)
+            row[0].set_ylabel(_row_label(ex, reference, pred, palette.score), fontsize=8)
             for ax in row:
                 _off(ax)
-        axes[0, -1].set_title("uncertainty 1 − 2|p − 0.5|", fontsize=9)
+        p_name = "p" if palette.k == 1 else "max p"
+        axes[0, -1].set_title(f"uncertainty 1 − 2|{p_name} − 0.5|", fontsize=9)
         if with_image:
             axes[0, 0].set_title("image", fontsize=9)
         fig.colorbar(im, ax=axes, shrink=0.6, label="uncertainty")
         if with_truth:
-            _outline_legend(fig, {TRUTH_OUTLINE: "ground truth outline"})
+            _legend(fig, _lines({TRUTH_OUTLINE: "ground truth outline"}))
         if title:
             fig.suptitle(title)
         return drawn_text(fig)

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import shapely
-from matplotlib import colormaps
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
@@ -59,16 +58,6 @@ class Label:
     value: int
     name: str
     color: tuple[int, int, int]
-
-
-def class_colors(classes: Sequence[str], colors: Mapping[str, Sequence[int]]) -> dict:
-    """``{class: (r, g, b)}``: the configured ``colors``, else matplotlib's tab10 by the class's
-    index (the same colour for a class in every file and run)."""
-    palette = colormaps["tab10"].colors
-    return {
-        c: tuple(int(v) for v in colors.get(c, np.round(np.asarray(palette[i % 10]) * 255)))
-        for i, c in enumerate(classes)
-    }
 
 
 def class_labels(

@@ -15,6 +15,7 @@ from histo_wsss import checkout
 
 checkout.pin(SRC)
 
+from histo_wsss.classes import class_colors
 from histo_wsss.corrections import (
     CorrectionError,
     checked_keys,
@@ -34,7 +35,7 @@ from histo_wsss.dataset import (
 )
 from histo_wsss.demo import DEMO_KEYS, demo_names, demo_spec
 from histo_wsss.io import unwritable_folders
-from histo_wsss.qupath import class_colors, class_labels
+from histo_wsss.qupath import class_labels
 from histo_wsss.shards import shard_groups
 from histo_wsss.weights import PRETRAINED
 from histo_wsss.weights import local_file as local_weights_file
@@ -148,6 +149,24 @@ LABELS = {
     "classes": list(DATASET_SPEC.label_space.classes),
     "ignore_index": DATASET_SPEC.label_space.ignore_index,
 }
+# Each class's colour, the same in QuPath, the figures and the demo's contact sheet.
+CLASS_COLORS = class_colors(config["dataset"]["classes"], config["qupath"]["colors"])
+
+
+def label_colors():
+    """`{class: [r, g, b]}` of the K > 1 classes in label order, drawn in their colours;
+    empty for K = 1 (the figures' white masks and red overlays, the paper's)."""
+    if len(LABELS["classes"]) == 1:
+        return {}
+    return {c: list(CLASS_COLORS[c]) for c in LABELS["classes"]}
+
+
+def example_confusion():
+    """The per-image confusion matrices by which the example figures rank K > 1 images (their
+    mIoU); K = 1 ranks them by the per-image table's IoU."""
+    if len(LABELS["classes"]) == 1:
+        return []
+    return f"{RESULTS}/segmentation/confusion.csv"
 
 
 # A folder dataset's files, listed with their sizes and times (rule dataset_manifest); rules
@@ -519,7 +538,7 @@ def segmentation_target_masks():
 # positive class, whose other class is the unannotated rest), in their colours.
 MASK_LABELS = class_labels(
     DATASET_SPEC.label_space,
-    class_colors(config["dataset"]["classes"], config["qupath"]["colors"]),
+    CLASS_COLORS,
 )
 CORRECTION_TARGETS = f"{RESULTS}/corrections/targets"
 

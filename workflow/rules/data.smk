@@ -43,8 +43,8 @@ rule demo_contact_sheet:
     resources:
         mem_mb=1000,
     params:
-        # the multi-class demo's classes, one colour each; None: the binary demo
-        classes=config["dataset"]["classes"] if LABELS_FORMAT == "tags" else None,
+        # the multi-class demo's classes and their colours; None: the binary demo
+        colors=label_colors() or None,
     script:
         "../scripts/demo_contact_sheet.py"
 

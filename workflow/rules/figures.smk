@@ -9,6 +9,7 @@ rule figure_examples:
         stain=shard_dirs("stain"),
         pseudo=shard_dirs("pseudo_masks"),
         truth=truth_inputs(),
+        confusion=example_confusion(),
     output:
         report(
             f"{RESULTS}/figures/{{kind}}.png",
@@ -28,6 +29,8 @@ rule figure_examples:
     params:
         n_examples=config["predict"]["figure_examples"],
         threshold=config["segmentation"]["threshold"],
+        labels=LABELS,
+        colors=label_colors(),
     script:
         "../scripts/figure_examples.py"
 

@@ -75,5 +75,7 @@ rule pseudo_mask_figure:
     params:
         final_step=config["pseudo_masks"]["final_step"],
         n_images=6,
+        labels=LABELS,
+        colors=label_colors(),
     script:
         "../scripts/pseudo_mask_figure.py"

@@ -7,5 +7,5 @@ from histo_wsss.logs import job_log
 
 with job_log(snakemake.log[0]):
     contact_sheet(
-        Path(snakemake.input.labels).parent, snakemake.output[0], classes=snakemake.params.classes
+        Path(snakemake.input.labels).parent, snakemake.output[0], colors=snakemake.params.colors
     )
