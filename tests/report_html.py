@@ -59,14 +59,24 @@ def info_panel_bytes(item: dict) -> int:
     return len((item["caption"] + job["rule"] + job["wildcards"] + job["params"]).encode())
 
 
-def render_caption(name: str, params: dict | None = None, config: dict | None = None) -> str:
+def render_caption(
+    name: str,
+    params: dict | None = None,
+    config: dict | None = None,
+    wildcards: dict | None = None,
+) -> str:
     """The report caption ``workflow/report/<name>.rst`` as Snakemake renders its Jinja template
-    for a job with ``params`` and ``config`` (the reStructuredText, before it becomes HTML)."""
+    for a job with ``params``, ``config`` and ``wildcards`` (the reStructuredText, before it
+    becomes HTML)."""
     from types import SimpleNamespace
 
     from jinja2 import Environment, StrictUndefined
 
     text = (Path(__file__).parents[1] / "workflow" / "report" / f"{name}.rst").read_text()
     env = Environment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
-    snakemake = SimpleNamespace(params=SimpleNamespace(**(params or {})), config=config or {})
+    snakemake = SimpleNamespace(
+        params=SimpleNamespace(**(params or {})),
+        config=config or {},
+        wildcards=SimpleNamespace(**(wildcards or {})),
+    )
     return env.from_string(text).render(snakemake=snakemake)

@@ -8,6 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 from report_html import render_caption
 
@@ -17,6 +19,9 @@ from histo_wsss.figures import (
     BINARY,
     ERROR_COLORS,
     MULTICLASS_ERROR_COLORS,
+    SCORE_CMAP,
+    UNCERTAINTY_CMAP,
+    draw_metrics_table,
     error_map_rgb,
     error_maps,
     image_scores,
@@ -224,6 +229,19 @@ def test_metrics_table_png_reproducible(tmp_path):
     drawn_twice(tmp_path, lambda p: metrics_table(SUMMARY, p))
 
 
+def test_every_metric_label_of_the_metrics_table_fits_its_cell():
+    fig = Figure(layout="constrained")
+    FigureCanvasAgg(fig)
+    tab = draw_metrics_table(fig, SUMMARY)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = {r: c for (r, col), c in tab.get_celld().items() if col == 0 and r > 0}
+    assert len(labels) == len(metrics_table_rows(SUMMARY).columns) - 1
+    for cell in labels.values():
+        text, box = cell.get_text().get_window_extent(renderer), cell.get_window_extent(renderer)
+        assert box.x0 <= text.x0 and text.x1 <= box.x1, cell.get_text().get_text()
+
+
 def test_learning_curves_png_reproducible(tmp_path):
     epochs = np.arange(4)
     classifier = pd.DataFrame(
@@ -279,6 +297,31 @@ def test_example_rows_name_their_iou_and_the_negative_row_its_predicted_share(tm
     assert "img3\nnegative image\n25.0% predicted" in text and "uncertainty" in text
 
 
+def test_each_example_figure_has_a_caption_of_its_own_that_names_what_it_draws(tmp_path):
+    examples = [example(1) | {"iou": 0.25}, example(2) | {"iou": 0.5}]
+    for ex in examples:
+        ex["pred"], ex["reference"] = ex["prob"] >= 0.5, ex["truth"]
+    drawn = {
+        "segmentation_examples": segmentation_panels(examples, tmp_path / "s.png"),
+        "error_maps": error_maps(examples, tmp_path / "e.png"),
+        "uncertainty_maps": uncertainty_maps(examples, tmp_path / "u.png"),
+    }
+    colour_maps = {"probability": SCORE_CMAP, "uncertainty": UNCERTAINTY_CMAP}
+    params = {
+        "threshold": 0.5,
+        "n_examples": 2,
+        "labels": {"classes": ["lesion"], "ignore_index": None},
+    }
+    for figure_number, (kind, text) in enumerate(drawn.items(), start=2):
+        caption = render_caption("example_figures", params, wildcards={"kind": kind})
+        caption = " ".join(caption.split())
+        assert caption.startswith(f"Figure {figure_number} of the paper"), caption
+        assert ("outline (cyan)" in caption) == ("ground truth outline" in text), kind
+        bars = [cmap for label, cmap in colour_maps.items() if label in text]
+        assert [c for c in colour_maps.values() if c in caption] == bars, kind
+        assert ("true positive" in caption) == any(t.startswith("TP:") for t in text), kind
+
+
 def test_the_pseudo_mask_steps_caption_names_the_step_the_figure_calls_the_pseudo_mask(tmp_path):
     rng = np.random.default_rng(0)
     write_png(tmp_path / "im.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
@@ -302,6 +345,7 @@ def test_the_pseudo_mask_steps_caption_names_the_step_the_figure_calls_the_pseud
         labels = {"classes": ["lesion"], "ignore_index": None}
         caption = render_caption("pseudo_mask_steps", {"final_step": final, "labels": labels})
         assert f"the mask after **{final}**" in caption
+        assert "the pseudo-mask's outline (pink)" in " ".join(caption.split())  # the legend's
 
 
 def test_the_stain_sheet_shows_each_image_before_and_after_and_why_one_kept_its_colours(tmp_path):

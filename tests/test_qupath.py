@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from histo_wsss.classes import LabelSpace
+from histo_wsss.classes import LabelSpace, class_colors
 from histo_wsss.corrections import CorrectionError, list_corrections, make_targets, read_correction
 from histo_wsss.io import read_mask, scaled_size, write_png
 from histo_wsss.qupath import (
     Label,
-    class_colors,
     class_labels,
     mask_features,
     rasterize,

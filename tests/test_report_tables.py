@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 from report_html import html_tables
 
-from histo_wsss.report_tables import SORTABLE_ROWS, json_table, page, write_table_page
+from histo_wsss.report_tables import (
+    SORTABLE_ROWS,
+    TURNED_ROWS,
+    WIDE_COLUMNS,
+    json_table,
+    page,
+    write_table_page,
+)
 
 SUMMARY = {  # shaped like the classifier's and segmentation's evaluation.json
     split: {"n": n, "auc": auc, "confusion": {"tp": tp, "fp": 0}, "truth": {"pooled": {"iou": iou}}}
@@ -57,3 +64,18 @@ def test_a_short_table_has_no_sort_script(tmp_path):
     write_table_page(tmp_path / "e.json", tmp_path / "e.html", "Evaluation")
     text = (tmp_path / "e.html").read_text()
     assert "<script>" not in text and len(html_tables(text)[0]) == 6
+
+
+def test_a_short_wide_csv_is_shown_a_column_per_row_and_a_narrow_one_as_it_is(tmp_path):
+    scores = {f"score_{i}": [i / 8, 1 / 3] for i in range(WIDE_COLUMNS)}
+    wide = pd.DataFrame({"split": ["test", "val"], "n_images": [40, 32], **scores})
+    assert len(wide) <= TURNED_ROWS and len(wide.columns) > WIDE_COLUMNS
+    for table, name in ((wide, "wide"), (wide.iloc[:, :WIDE_COLUMNS], "narrow")):
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+        write_table_page(tmp_path / f"{name}.csv", tmp_path / f"{name}.html", name)
+    [rows] = html_tables((tmp_path / "wide.html").read_text())
+    assert rows[0] == ["split", "test", "val"] and len(rows) == len(wide.columns)
+    assert rows[1] == ["n_images", "40", "32"]  # counts stay integers beside the scores
+    assert rows[2] == ["score_0", "0.0000", "0.3333"] and rows[-1][0] == f"score_{WIDE_COLUMNS - 1}"
+    [rows] = html_tables((tmp_path / "narrow.html").read_text())
+    assert rows[0] == ["split", "n_images", *list(scores)[: WIDE_COLUMNS - 2]] and len(rows) == 3

@@ -186,13 +186,18 @@ def test_the_report_shows_every_table_and_figure_captioned_with_a_short_info_pan
     for path, item in report.items():
         assert item["caption"].strip(), path
         assert info_panel_bytes(item) < 2048, (path, item["job_properties"]["params"][:300])
+        assert "results/" not in item["job_properties"]["params"], path  # names, not paths
         if item["mime_type"] != "text/html":
             continue
         source = run / "results" / REPORT_TABLES[Path(path).stem]
         [rows] = html_tables(item["content"].decode())
         if source.suffix == ".csv":
             table = pd.read_csv(source).drop(columns="seconds", errors="ignore")  # wall times
-            assert rows[0] == list(table.columns) and len(rows) == len(table) + 1, path
+            if Path(path).stem == "metrics_table":  # two splits, many scores: a score per row
+                assert rows[0] == ["split", *table["split"]], path
+                assert [row[0] for row in rows[1:]] == list(table.columns[1:]), path
+            else:
+                assert rows[0] == list(table.columns) and len(rows) == len(table) + 1, path
         else:
             splits = [s for s in ("train", "val", "test") if f'"{s}":' in source.read_text()]
             assert rows[0] == ["metric", *splits] and len(rows) > 2, path
@@ -203,6 +208,16 @@ def test_the_pseudo_mask_steps_caption_names_the_configured_final_step(report):
     final = TINY.get("pseudo_masks", {}).get("final_step", final["final_step"])
     [caption] = [i["caption"] for p, i in report.items() if p.endswith("pseudo_mask_steps.png")]
     assert f"the mask after <strong>{final}</strong>" in caption
+
+
+def test_the_report_carries_the_stylesheet_that_shows_tall_figures_from_their_top(run, report):
+    # the workflow profile's report-stylesheet (docs/usage.md#the-report)
+    css = (REPO / "workflow" / "report" / "report.css").read_text()
+    assert "align-items: safe center" in css and css in (run / "report.html").read_text()
+    examples = {Path(p).stem: i["caption"] for p, i in report.items() if "/figures/" in p}
+    assert [k for k in ("Figure 2", "Figure 3", "Figure 4") if k in examples["error_maps"]] == [
+        "Figure 3"
+    ]  # each example figure has a caption of its own
 
 
 def test_the_segmentation_checkpoint_holds_no_path_of_the_run_folder(run):

@@ -24,8 +24,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.table import Table
 from matplotlib.text import Text
 
 from histo_wsss.classes import IGNORE, RGB, LabelSpace
@@ -692,6 +694,10 @@ def metrics_table_rows(summary: Mapping) -> pd.DataFrame:
     return table
 
 
+#: Space left of a metric label in its cell (a fraction of the cell's width).
+TABLE_LABEL_PAD = 0.02
+
+
 def _cell(value: object) -> str:
     if value is None or pd.isna(value):
         return "–"
@@ -701,31 +707,43 @@ def _cell(value: object) -> str:
 
 
 def metrics_table(summary: Mapping, path: str | os.PathLike, title: str = "") -> None:
-    """Render :func:`metrics_table_rows` as a table figure: one row per metric, one column per
-    split (4 decimals; "–" where a value is missing or undefined)."""
+    """Render :func:`metrics_table_rows` as a table figure (:func:`draw_metrics_table`)."""
+    with figure(path, (1.0, 1.0)) as fig:
+        draw_metrics_table(fig, summary, title)
+
+
+def draw_metrics_table(fig: Figure, summary: Mapping, title: str = "") -> Table:
+    """Draw :func:`metrics_table_rows` on ``fig`` as a table, one row per metric, one column per
+    split (4 decimals; "–" where a value is missing or undefined). The figure's width follows its
+    longest metric label, which its column fits whole."""
     table = metrics_table_rows(summary)
     metrics = [c for c in table.columns if c != "split"]
     cells = [[METRICS_TABLE_COLUMNS[c], *(_cell(v) for v in table[c])] for c in metrics]
     n = len(table)
-    with figure(path, (3.4 + 1.0 * n, 0.28 * (len(metrics) + 1) + 0.6)) as fig:
-        ax = fig.subplots()
-        ax.axis("off")
-        tab = ax.table(
-            cellText=cells,
-            colLabels=["metric", *(str(s) for s in table["split"])],
-            colWidths=[3.2 / (3.2 + n), *([1 / (3.2 + n)] * n)],
-            cellLoc="center",
-            bbox=[0, 0, 1, 1],
-        )
-        tab.auto_set_font_size(False)
-        tab.set_fontsize(8)
-        for (row, col), cell in tab.get_celld().items():
-            if col == 0 and row > 0:
-                cell.get_text().set_horizontalalignment("left")
-                cell.PAD = 0.02
-            if row == 0:
-                cell.get_text().set_fontweight("bold")
-        fig.suptitle(title or "segmentation and head metrics per split", fontsize=10)
+    renderer = fig.canvas.get_renderer()
+    font = FontProperties(size=8)
+    label = max(renderer.get_text_width_height_descent(c[0], font, ismath=False)[0] for c in cells)
+    label_inches = label / fig.dpi / (1 - 2 * TABLE_LABEL_PAD) + 0.15
+    fig.set_size_inches(label_inches + 1.0 * n + 0.2, 0.28 * (len(metrics) + 1) + 0.6)
+    ax = fig.subplots()
+    ax.axis("off")
+    tab = ax.table(
+        cellText=cells,
+        colLabels=["metric", *(str(s) for s in table["split"])],
+        colWidths=[label_inches, *([1.0] * n)],
+        cellLoc="center",
+        bbox=[0, 0, 1, 1],
+    )
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+    for (row, col), cell in tab.get_celld().items():
+        if col == 0 and row > 0:
+            cell.get_text().set_horizontalalignment("left")
+            cell.PAD = TABLE_LABEL_PAD
+        if row == 0:
+            cell.get_text().set_fontweight("bold")
+    fig.suptitle(title or "segmentation and head metrics per split", fontsize=10)
+    return tab
 
 
 CLASSIFIER_CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "lr")

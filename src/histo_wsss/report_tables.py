@@ -4,7 +4,9 @@ Snakemake's report shows an HTML item on screen (in a frame) but only offers oth
 download, so every table the report holds is rendered here: a page with the table, numbers to
 4 decimals, empty cells where a value is missing or undefined, the source file's name, and a
 header that sorts the rows (a few lines of inline script, nothing fetched) when there are many.
-A JSON result becomes one table with a row per metric and a column per split (:func:`json_table`).
+A JSON result becomes one table with a row per metric and a column per split (:func:`json_table`),
+and so does a short, wide CSV such as the metrics table (:func:`turned`). The first column stays
+in view when a wide table scrolls sideways.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from histo_wsss.io import atomic_path
 SPLITS = ("train", "val", "test", "all")
 #: Tables with more rows than this get sortable columns.
 SORTABLE_ROWS = 10
+#: A CSV with at most this many rows and more columns than :data:`WIDE_COLUMNS` is shown turned
+#: (one row per column, one column per row: e.g. a metric per row, a split per column), so that
+#: its few rows fit the report's pane side by side instead of scrolling off it.
+TURNED_ROWS = 4
+WIDE_COLUMNS = 8
 
 _STYLE = """
 body { font: 13px/1.4 system-ui, sans-serif; margin: 12px; color: #1e293b; }
@@ -35,9 +42,11 @@ table { border-collapse: collapse; }
 th, td { border: 1px solid #cbd5e1; padding: 3px 8px; white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 thead th { position: sticky; top: 0; background: #e2e8f0; }
+td:first-child { position: sticky; left: 0; background: #fff; }
+thead th:first-child { left: 0; z-index: 1; }
 table.sortable thead th { cursor: pointer; }
 table.sortable thead th::after { content: " \\2195"; color: #94a3b8; }
-tbody tr:nth-child(even) { background: #f8fafc; }
+tbody tr:nth-child(even), tbody tr:nth-child(even) td:first-child { background: #f8fafc; }
 """
 
 # Click a header to sort by that column (numbers as numbers, empty cells last), again to reverse.
@@ -142,16 +151,29 @@ def json_table(data: Mapping) -> tuple[dict, pd.DataFrame]:
     return facts, table
 
 
+def turned(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` turned: a row per column after the first, a column per row headed by that row's
+    first cell, and the first column's name over the column names (``split``: the columns are
+    splits)."""
+    first = table.columns[0]
+    body = table.astype(object).set_index(first).T  # counts stay integers beside scores
+    body.columns = [str(c) for c in body.columns]
+    return body.rename_axis(first).reset_index()
+
+
 def write_table_page(source: str | os.PathLike, path: str | os.PathLike, title: str) -> None:
     """Render the CSV or JSON file ``source`` as :func:`page` ``title`` into ``path``
     (atomically). A ``.json`` file goes through :func:`json_table`; anything else is read as a
-    CSV, less its ``seconds`` column (a job's wall time per row: it differs from run to run,
-    and the report's tables, like every other result, are byte-identical across runs)."""
+    CSV (:func:`turned` when short and wide), less its ``seconds`` column (a job's wall time
+    per row: it differs from run to run, and the report's tables, like every other result, are
+    byte-identical across runs)."""
     source = Path(source)
     if source.suffix == ".json":
         facts, table = json_table(json.loads(source.read_text()))
     else:
         facts, table = {}, pd.read_csv(source).drop(columns="seconds", errors="ignore")
+        if len(table) <= TURNED_ROWS and len(table.columns) > WIDE_COLUMNS:
+            table = turned(table)
     text = page(title, source.as_posix(), table, facts)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")

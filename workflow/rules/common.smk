@@ -574,11 +574,11 @@ def new_images():
 MULTI_LABEL = DATASET_SPEC.format == "tags"
 
 
-def stain_sheet_images(n=6):
-    """`{name: original image}` of `n` samples spread evenly over the sorted names: the rows
-    of the stain-normalization figure (a few paths, which its info panel lists)."""
+def stain_sheet_names(n=6):
+    """`n` sample names spread evenly over the sorted names: the rows of the
+    stain-normalization figure (its script finds their originals in the manifest)."""
     picks = sorted({round(i * (len(SAMPLES) - 1) / max(n - 1, 1)) for i in range(n)})
-    return {SAMPLES[i]: SAMPLE_IMAGES[SAMPLES[i]] for i in picks}
+    return [SAMPLES[i] for i in picks]
 
 
 def final_outputs():

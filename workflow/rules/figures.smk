@@ -84,6 +84,7 @@ rule figure_stain_normalization:
         qc=f"{RESULTS}/stain/qc.csv",
         stain=shard_dirs("stain"),
         originals=dataset_inputs()["images"],
+        manifest=MANIFEST,
     output:
         report(
             f"{RESULTS}/figures/stain_normalization.png",
@@ -99,7 +100,7 @@ rule figure_stain_normalization:
     resources:
         mem_mb=1000,
     params:
-        originals=stain_sheet_images(),
+        names=stain_sheet_names(),
         scale=config["stain"]["scale"],
     script:
         "../scripts/figure_stain.py"

@@ -12,16 +12,18 @@ with job_log(snakemake.log[0]):
     qc = pd.read_csv(snakemake.input.qc, keep_default_na=False).set_index("name")
     normalized = shard_files(snakemake.input.stain, "images")
     tissue = shard_files(snakemake.input.stain, "tissue")
+    manifest = pd.read_csv(snakemake.input.manifest, dtype={"name": str}, keep_default_na=False)
+    originals = dict(zip(manifest["name"], manifest["image"], strict=True))
     rows = [
         {
             "name": name,
-            "original": read_rgb(path, p.scale),
+            "original": read_rgb(originals[name], p.scale),
             "normalized": read_rgb(normalized[name]),
             "tissue": read_mask(tissue[name]),
             "tissue_fraction": qc.loc[name, "tissue_fraction"],
             "normalized_ok": str(qc.loc[name, "normalized"]) == "True",
             "reason": qc.loc[name, "reason"],
         }
-        for name, path in p.originals.items()
+        for name in p.names
     ]
     stain_sheet(rows, snakemake.output[0])
