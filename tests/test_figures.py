@@ -15,6 +15,7 @@ from report_html import render_caption
 
 from histo_wsss.classes import IGNORE, LabelSpace, class_colors
 from histo_wsss.demo import DemoSpec, render
+from histo_wsss.evaluation import predicted_labels
 from histo_wsss.figures import (
     BINARY,
     ERROR_COLORS,
@@ -32,7 +33,6 @@ from histo_wsss.figures import (
     metrics_table_rows,
     overlay,
     palette_of,
-    predicted_labels,
     pseudo_mask_steps,
     segmentation_panels,
     stain_sheet,
@@ -420,14 +420,6 @@ def test_class_colours_have_one_source():
     )  # K = 1 keeps the paper's white masks and red overlay
     with pytest.raises(ValueError, match="no colour for class"):
         palette_of(TISSUES, {"tumor": (1, 2, 3)})
-
-
-def test_predicted_labels_are_the_argmax_where_the_highest_probability_passes():
-    p = np.array([[[0.2, 0.7, 0.9]], [[0.4, 0.6, 0.95]]], np.float16)
-    assert predicted_labels(p, 0.5).tolist() == [[0, 1, 2]]
-    binary = np.random.default_rng(0).random((8, 8)).astype(np.float16)
-    for probs in (binary, binary[None]):  # K = 1: p >= threshold, a 2-D or a (1, H, W) map
-        np.testing.assert_array_equal(predicted_labels(probs, 0.4), binary >= 0.4)
 
 
 def test_label_error_map_colours_each_kind_of_error():

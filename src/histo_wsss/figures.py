@@ -31,7 +31,7 @@ from matplotlib.table import Table
 from matplotlib.text import Text
 
 from histo_wsss.classes import IGNORE, RGB, LabelSpace
-from histo_wsss.evaluation import REFERENCES, val_iou_columns
+from histo_wsss.evaluation import REFERENCES, predicted_labels, val_iou_columns
 from histo_wsss.io import atomic_path, read_rgb
 from histo_wsss.metrics import mean_iou, pooled_confusion
 
@@ -158,14 +158,6 @@ def palette_of(space: LabelSpace, colors: Mapping[str, Sequence[int]] | None = N
 
 #: The binary figures' palette (K = 1; masks read as 0/255 PNGs).
 BINARY = palette_of(LabelSpace(("positive",)))
-
-
-def predicted_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """uint8 label map of a ``(K, H, W)`` probability map (2-D: K = 1): 0 where the highest
-    class probability is below ``threshold``, else 1 + its class (K = 1: ``p >= threshold``)."""
-    probs = _probs(probs)
-    best = probs.max(axis=0)
-    return np.where(best >= threshold, probs.argmax(axis=0) + 1, 0).astype(np.uint8)
 
 
 def image_scores(rows: pd.DataFrame, n_labels: int) -> dict[str, float]:

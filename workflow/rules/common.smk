@@ -569,8 +569,8 @@ def new_images():
     return folder_images("predict.images", folder) if folder else []
 
 
-# Stages that handle K classes so far (issue 15): all but the figures and the report tables, which
-# a multi-label dataset's run leaves out.
+# Stages that handle K classes so far (issue 15): all but the learning curves, the metrics table,
+# the report tables and the review contact sheet, which a multi-label dataset's run leaves out.
 MULTI_LABEL = DATASET_SPEC.format == "tags"
 
 
@@ -594,6 +594,15 @@ def final_outputs():
             f"{RESULTS}/segmentation/evaluation.json",
             *shard_dirs("qupath"),
             f"{RESULTS}/review/queue.csv",
+            *(
+                f"{RESULTS}/figures/{kind}.png"
+                for kind in ("segmentation_examples", "error_maps", "uncertainty_maps")
+            ),
+            *(
+                [f"{RESULTS}/figures/pseudo_mask_steps.png"]
+                if config["pseudo_masks"]["save_steps"]
+                else []
+            ),
         ]
     outputs = [
         f"{RESULTS}/split/split.csv",

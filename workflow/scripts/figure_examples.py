@@ -8,6 +8,7 @@ import pandas as pd
 
 from histo_wsss import figures
 from histo_wsss.classes import LabelSpace
+from histo_wsss.evaluation import predicted_labels
 from histo_wsss.logs import job_log
 from histo_wsss.shards import shard_files
 
@@ -47,12 +48,9 @@ with job_log(snakemake.log[0]):
         ex = figures.load_example(
             images[name], probs / f"{name}.npy", pseudo[name], masks.get(name, ""), name, space
         )
-        # the saved maps are (K, H, W): draw the highest class probability (K = 1: the
-        # positive class's map, as before)
-        ex["prob"] = ex["prob"].max(axis=0) if ex["prob"].ndim == 3 else ex["prob"]
         ex["negative"] = negative
         ex["iou"] = None if negative else scores[name]
-        ex["pred"] = figures.predicted_labels(ex["prob"], p.threshold)
+        ex["pred"] = predicted_labels(ex["prob"], p.threshold)
         ex["reference"] = ex[reference]
         examples.append(ex)
     if kind == "error_maps":
