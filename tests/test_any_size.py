@@ -261,9 +261,9 @@ def test_segmentation_predicts_each_image_at_its_size(trained, tmp_path):
     for (_, prob, head), (_, prob1, head1), size in zip(
         batched, alone, ODD + [(97, 131)], strict=True
     ):
-        assert prob.shape == size
+        assert prob.shape == (1, *size)  # (K, H, W): one class
         np.testing.assert_allclose(prob, prob1, atol=1e-5)
-        assert head == pytest.approx(head1, abs=1e-5)
+        np.testing.assert_allclose(head, head1, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
