@@ -167,8 +167,8 @@ from histo_wsss.training import (
     save_checkpoint,
     training_sizes,
 )
-from histo_wsss.weights import local_file as local_weights_file
 from histo_wsss.weights import parse as parse_weights
+from histo_wsss.weights import recorded_config
 
 __all__ = [
     "ARCHS",
@@ -681,9 +681,7 @@ def _train(
     metrics_path: Path,
     log: logging.Logger,
 ) -> dict:
-    weights = local_weights_file(cfg["encoder_weights"])
-    # a local weights file by its name only: its path may hold the run's folder
-    recorded_config = {**cfg, "encoder_weights": Path(weights).name} if weights else cfg
+    recorded = recorded_config(cfg, "encoder_weights")  # the weights file by its name only
     model = build_model(cfg, train_data.k).to(device)
     loss_fn = _loss_fn(cfg)
     optimizer = torch.optim.SGD(
@@ -775,7 +773,7 @@ def _train(
                     "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "epoch": epoch + 1,
                     "metrics": best,
-                    "config": recorded_config,
+                    "config": recorded,
                 },
             )
         log.info(
