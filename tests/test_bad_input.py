@@ -47,6 +47,11 @@ def _braces_in_a_name(workdir):
     labels.to_csv(workdir / "data" / "labels.csv", index=False)
 
 
+def _braces_in_a_new_image(workdir):
+    (workdir / "new").mkdir()
+    shutil.copy(workdir / "data" / "images" / "demo_0002.png", workdir / "new" / "x{y}.png")
+
+
 def _noisy_mask(workdir):
     path = workdir / "data" / "masks" / "demo_0001.png"
     mask = np.asarray(Image.open(path)).copy()
@@ -74,6 +79,20 @@ CASES = {
         _braces_in_a_name,
         "row 5 ('a{b}.png'): image name holds '{' or '}', which Snakemake cannot carry in a "
         "file path: rename the file",
+    ),
+    "braces in a new image to predict": (
+        FOLDER,
+        {"predict": {"images": "new"}},
+        _braces_in_a_new_image,
+        "predict.images: new/x{y}.png holds '{' or '}', which Snakemake cannot carry in a file "
+        "path",
+    ),
+    "braces in an extra image to pretrain on": (
+        FOLDER,
+        {"classifier": {"weights": "pretrained"}, "pretrain": {"extra_images": "new"}},
+        _braces_in_a_new_image,
+        "pretrain.extra_images: new/x{y}.png holds '{' or '}', which Snakemake cannot carry in "
+        "a file path",
     ),
     "mask with stray values": (
         MASKS,
