@@ -272,3 +272,33 @@ def test_a_tiny_run_maps_and_refines_the_classes_of_each_images_tags(tiny_multic
     assert quality[["miou", "fwiou"]].apply(lambda v: v.between(0, 1)).all().all()
     scores = pd.read_csv(results / "pseudo_masks" / "class_scores.csv")
     assert list(scores["class"].unique()) == ["background", *classes]
+
+
+def test_a_tiny_run_reports_every_table_and_figure_of_a_binary_run(tiny_multiclass_run):
+    """One list of final outputs for every K: the learning curves, the metrics table of the
+    per-class scores, the report's tables and the contact sheets of a multi-label run too."""
+    results = tiny_multiclass_run / "results" / "demo_multiclass"
+    classes = yaml.safe_load((REPO / "config" / "demo_multiclass.yaml").read_text())["dataset"][
+        "classes"
+    ]
+    summary = json.loads((results / "segmentation" / "evaluation.json").read_text())
+    table = pd.read_csv(results / "segmentation" / "metrics_table.csv").set_index("split")
+    assert list(table.index) == list(summary)
+    for split, entry in summary.items():
+        for ref in ("pseudo", "truth"):
+            assert table.loc[split, f"{ref}_miou"] == round(entry[ref]["miou"], 4)
+            assert table.loc[split, f"{ref}_fwiou"] == round(entry[ref]["fwiou"], 4)
+            for cls in classes:
+                score = entry[ref]["classes"][cls]["iou"]
+                assert table.loc[split, f"{ref}_iou_{cls}"] == round(score, 4)
+            baseline = entry[ref]["baselines"]["majority_class"]["miou"]
+            assert table.loc[split, f"{ref}_miou_majority_class"] == round(baseline, 4)
+    assert not [c for c in table.columns if "positive_mean" in c]  # one class's scores
+    curves = pd.read_csv(results / "segmentation" / "metrics.csv")
+    assert "val_mean_class_iou_vs_pseudo_pooled" in curves.columns
+    for figure in ("learning_curves", "metrics_table", "stain_normalization"):
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
+    for sheet in (results / "review" / "contact_sheet.png", results / "demo" / "contact_sheet.png"):
+        assert sheet.stat().st_size > 10_000, sheet
+    scores = (results / "report" / "pseudo_mask_class_scores.html").read_text()
+    assert all(f"<td>{cls}</td>" in scores for cls in classes)

@@ -161,6 +161,7 @@ REPORT_TABLES = {
     "cam_summary": "cam/summary.json",
     "pseudo_mask_quality": "pseudo_masks/quality.csv",
     "pseudo_mask_quality_summary": "pseudo_masks/quality_summary.csv",
+    "pseudo_mask_class_scores": "pseudo_masks/class_scores.csv",
     "segmentation_evaluation": "segmentation/evaluation.json",
     "metrics_table": "segmentation/metrics_table.csv",
     "segmentation_per_image": "segmentation/per_image.csv",

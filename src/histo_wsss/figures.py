@@ -635,7 +635,7 @@ def uncertainty_maps(
 
 # --- summary table and learning curves -------------------------------------------------------
 
-#: Columns of :func:`metrics_table_rows` after ``split`` and their labels in :func:`metrics_table`.
+#: Columns of :func:`metrics_table_rows` after ``split`` for one class, and their labels.
 METRICS_TABLE_COLUMNS = {
     "n_images": "images",
     "n_positive": "positive images",
@@ -654,30 +654,93 @@ METRICS_TABLE_COLUMNS = {
     "head_auc": "head ROC AUC",
     "negative_images_with_positive_pixels": "share of negative images with any predicted pixel",
 }
+#: How the labels of the metrics table name the references.
+REFERENCE_LABELS = {"pseudo": "pseudo-mask", "truth": "ground truth"}
+#: The field's trivial baselines (histo_wsss.evaluation.BASELINES), as the K-class table says.
+BASELINE_LABELS = {
+    "majority_class": "every pixel the majority class",
+    "most_frequent_tag": "every pixel its image's most frequent tag",
+}
+
+
+def _binary_column(col: str) -> tuple[str, ...]:
+    """Where a :data:`METRICS_TABLE_COLUMNS` value sits in a summary entry: ``<ref>_<metric>_
+    <aggregate>`` in the reference's block, anything else at the top."""
+    ref, _, rest = col.partition("_")
+    if ref in REFERENCES:
+        metric, _, agg = rest.partition("_")
+        return (ref, agg, metric)
+    return (col,)
+
+
+def metrics_table_columns(summary: Mapping) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``{column: (label, path in a summary entry)}`` of :func:`metrics_table_rows`.
+
+    One class: :data:`METRICS_TABLE_COLUMNS`. K > 1 classes (the per-class scores of the
+    summary name them): per reference the mIoU and fwIoU, each class's IoU and the baselines'
+    mIoU (``<ref>_miou_<baseline>``), then the head's accuracy and AUC; the positive-image
+    scores of one class are not defined there.
+    """
+    classes = next(
+        (
+            [c for c in entry[ref]["classes"] if c != "background"]
+            for entry in summary.values()
+            for ref in REFERENCES
+            if (entry.get(ref) or {}).get("classes")
+        ),
+        [],
+    )
+    if len(classes) <= 1:
+        return {c: (label, _binary_column(c)) for c, label in METRICS_TABLE_COLUMNS.items()}
+    columns = {
+        "n_images": ("images", ("n_images",)),
+        "n_positive": ("images with a class", ("n_positive",)),
+    }
+    for metric, what in (("miou", "mIoU"), ("fwiou", "fwIoU")):
+        for ref, name in REFERENCE_LABELS.items():
+            columns[f"{ref}_{metric}"] = (f"{what} vs {name} (pooled)", (ref, metric))
+    for cls in classes:
+        for ref, name in REFERENCE_LABELS.items():
+            columns[f"{ref}_iou_{cls}"] = (f"IoU of {cls} vs {name}", (ref, "classes", cls, "iou"))
+    for baseline, what in BASELINE_LABELS.items():
+        for ref, name in REFERENCE_LABELS.items():
+            path = (ref, "baselines", baseline, "miou")
+            columns[f"{ref}_miou_{baseline}"] = (f"mIoU vs {name} if {what}", path)
+    for col in ("head_accuracy", "head_auc"):
+        columns[col] = (METRICS_TABLE_COLUMNS[col], (col,))
+    return columns
+
+
+def _value(entry: Mapping, path: Sequence[str]) -> object:
+    """``entry[path[0]][path[1]]...``; None where a key is missing."""
+    for key in path:
+        if not isinstance(entry, Mapping):
+            return None
+        entry = entry.get(key)
+    return entry
 
 
 def metrics_table_rows(summary: Mapping) -> pd.DataFrame:
     """One row per split of a :func:`histo_wsss.evaluation.summarize` dict (splits in its order).
 
-    Columns: ``split`` then :data:`METRICS_TABLE_COLUMNS` (``pseudo_*`` and ``truth_*`` side by
+    Columns: ``split`` then :func:`metrics_table_columns` (``pseudo_*`` and ``truth_*`` side by
     side). ``truth_*`` columns are left out when no split has ground truth; missing or ``None``
     values are NaN; scores are rounded to 4 decimals, as the figure shows them.
     """
     with_truth = any("truth" in entry for entry in summary.values())
+    wanted = {
+        col: path
+        for col, (_, path) in metrics_table_columns(summary).items()
+        if with_truth or not col.startswith("truth_")
+    }
     rows = []
     for split, entry in summary.items():
         row = {"split": split}
-        for col in METRICS_TABLE_COLUMNS:
-            ref, _, rest = col.partition("_")
-            if ref in ("pseudo", "truth"):
-                metric, _, agg = rest.partition("_")
-                block = entry.get(ref, {}).get(agg)
-                value = (block or {}).get(metric)
-            else:
-                value = entry.get(col)
+        for col, path in wanted.items():
+            value = _value(entry, path)
             row[col] = math.nan if value is None else value
         rows.append(row)
-    columns = ["split"] + [c for c in METRICS_TABLE_COLUMNS if with_truth or "truth_" not in c]
+    columns = ["split", *wanted]
     table = pd.DataFrame(rows, columns=columns)
     for col in ("n_images", "n_positive"):
         table[col] = table[col].astype("Int64")
@@ -709,8 +772,9 @@ def draw_metrics_table(fig: Figure, summary: Mapping, title: str = "") -> Table:
     split (4 decimals; "–" where a value is missing or undefined). The figure's width follows its
     longest metric label, which its column fits whole."""
     table = metrics_table_rows(summary)
+    labels = {col: label for col, (label, _) in metrics_table_columns(summary).items()}
     metrics = [c for c in table.columns if c != "split"]
-    cells = [[METRICS_TABLE_COLUMNS[c], *(_cell(v) for v in table[c])] for c in metrics]
+    cells = [[labels[c], *(_cell(v) for v in table[c])] for c in metrics]
     n = len(table)
     renderer = fig.canvas.get_renderer()
     font = FontProperties(size=8)
@@ -752,11 +816,13 @@ def _read_curve(path: str | os.PathLike, columns: Sequence[str], what: str) -> p
 
 def _segmentation_scores(table: pd.DataFrame, path: str | os.PathLike) -> tuple[str, ...]:
     """The validation IoUs of a segmentation metrics CSV, against whichever masks it trained on
-    (:func:`histo_wsss.evaluation.val_iou_columns`), then the head's accuracy."""
-    for reference in REFERENCES:
-        if set(val_iou_columns(reference)) <= set(table.columns):
-            return (*val_iou_columns(reference), "val_head_accuracy")
-    wanted = " or ".join(str(list(val_iou_columns(r))) for r in REFERENCES)
+    (:func:`histo_wsss.evaluation.val_iou_columns`, of one class or of K > 1, for which k = 2
+    stands), then the head's accuracy."""
+    names = [val_iou_columns(reference, k) for reference in REFERENCES for k in (1, 2)]
+    for columns in names:
+        if set(columns) <= set(table.columns):
+            return (*columns, "val_head_accuracy")
+    wanted = " or ".join(str(list(columns)) for columns in names)
     raise ValueError(f"{path}: not a segmentation metrics CSV (missing {wanted})")
 
 
@@ -769,7 +835,8 @@ def learning_curves(
 
     Columns: train/val loss, validation scores (classifier: ``val_accuracy``, ``val_auc``;
     segmentation: its IoUs against the masks it trained on, ``val_iou_vs_pseudo_pooled`` and
-    ``val_iou_vs_pseudo_positive_mean`` or their ``vs_truth`` twins, ``val_head_accuracy``),
+    ``val_iou_vs_pseudo_positive_mean`` or their ``vs_truth`` twins, ``val_mean_class_*`` for
+    K > 1 classes, ``val_head_accuracy``),
     learning rate (log scale when all positive). Columns beyond those named are ignored.
     """
     classifier = _read_curve(classifier_csv, CLASSIFIER_CURVE_COLUMNS, "classifier")

@@ -569,11 +569,6 @@ def new_images():
     return folder_images("predict.images", folder) if folder else []
 
 
-# Stages that handle K classes so far (issue 15): all but the learning curves, the metrics table,
-# the report tables and the review contact sheet, which a multi-label dataset's run leaves out.
-MULTI_LABEL = DATASET_SPEC.format == "tags"
-
-
 def stain_sheet_names(n=6):
     """`n` sample names spread evenly over the sorted names: the rows of the
     stain-normalization figure (its script finds their originals in the manifest)."""
@@ -582,28 +577,6 @@ def stain_sheet_names(n=6):
 
 
 def final_outputs():
-    if MULTI_LABEL:
-        return [
-            f"{RESULTS}/split/split.csv",
-            f"{RESULTS}/stain/qc.csv",
-            f"{RESULTS}/classifier/evaluation.json",
-            f"{RESULTS}/figures/classifier_learning_curve.png",
-            f"{RESULTS}/cam/summary.json",
-            f"{RESULTS}/pseudo_masks/quality_summary.csv",
-            f"{RESULTS}/pseudo_masks/class_scores.csv",
-            f"{RESULTS}/segmentation/evaluation.json",
-            *shard_dirs("qupath"),
-            f"{RESULTS}/review/queue.csv",
-            *(
-                f"{RESULTS}/figures/{kind}.png"
-                for kind in ("segmentation_examples", "error_maps", "uncertainty_maps")
-            ),
-            *(
-                [f"{RESULTS}/figures/pseudo_mask_steps.png"]
-                if config["pseudo_masks"]["save_steps"]
-                else []
-            ),
-        ]
     outputs = [
         f"{RESULTS}/split/split.csv",
         f"{RESULTS}/stain/qc.csv",

@@ -8,6 +8,7 @@ rule report_tables:
         cam_summary=f"{RESULTS}/cam/summary.json",
         pseudo_mask_quality=f"{RESULTS}/pseudo_masks/quality.csv",
         pseudo_mask_quality_summary=f"{RESULTS}/pseudo_masks/quality_summary.csv",
+        pseudo_mask_class_scores=f"{RESULTS}/pseudo_masks/class_scores.csv",
         segmentation_evaluation=f"{RESULTS}/segmentation/evaluation.json",
         metrics_table=f"{RESULTS}/segmentation/metrics_table.csv",
         segmentation_per_image=f"{RESULTS}/segmentation/per_image.csv",
@@ -39,6 +40,12 @@ rule report_tables:
         pseudo_mask_quality_summary=report(
             f"{RESULTS}/report/pseudo_mask_quality_summary.html",
             caption="../report/pseudo_mask_quality_summary.rst",
+            category="Pseudo-masks",
+            subcategory="Tables",
+        ),
+        pseudo_mask_class_scores=report(
+            f"{RESULTS}/report/pseudo_mask_class_scores.html",
+            caption="../report/pseudo_mask_class_scores.rst",
             category="Pseudo-masks",
             subcategory="Tables",
         ),

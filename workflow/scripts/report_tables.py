@@ -9,6 +9,7 @@ TITLES = {
     "cam_summary": "CAM peak inside the real mask per split",
     "pseudo_mask_quality": "Pseudo-mask after each refinement step, per image",
     "pseudo_mask_quality_summary": "Pseudo-mask quality after each refinement step",
+    "pseudo_mask_class_scores": "Pseudo-mask quality per class after each refinement step",
     "segmentation_evaluation": "Segmentation network per split (every score)",
     "metrics_table": "Segmentation network per split (main scores)",
     "segmentation_per_image": "Segmentation network per image",
