@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,54 @@ def snakemake(workdir: Path, config: dict, *args: str) -> tuple[float, str]:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{out[-6000:]}")
     return seconds, out
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` updated by ``over``, nested sections merged key by key (as snakemake merges
+    its config files)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def run_variant(
+    folder: Path,
+    presets: Sequence[Path],
+    overrides: dict,
+    cores: int,
+    targets: Sequence[str] = (),
+    forcerun: Sequence[str] = (),
+    log_name: str = "run.log",
+) -> float:
+    """Run the repo's Snakefile on ``presets`` (config files, in order) + ``overrides`` with its
+    results in ``folder``
+    (under the repo) to ``targets`` (relative to ``folder``; none: the final outputs); seconds.
+
+    ``forcerun``: rules to rerun in a copied results folder, which has no run records of this
+    checkout (everything else then reruns on modification times only). Its output goes to
+    ``folder / log_name``; it runs in its own process group, so that an interrupted benchmark
+    takes its jobs with it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "variant.yaml"
+    config.write_text(yaml.safe_dump({**overrides, "results": str(folder.relative_to(REPO))}))
+    cmd = [str(SNAKEMAKE), *(str((folder / t).relative_to(REPO)) for t in targets)]
+    cmd += ["--cores", str(cores), "--configfile", *map(str, presets), str(config)]
+    if forcerun:
+        cmd += ["--rerun-triggers", "mtime", "--forcerun", *forcerun]
+    start = time.perf_counter()
+    with open(folder / log_name, "a") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            code = proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    if code:
+        raise RuntimeError(f"snakemake failed ({code}): {folder / log_name}")
+    return time.perf_counter() - start
 
 
 def job_count(output: str) -> int:

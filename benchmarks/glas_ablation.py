@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from common import ENV, REPO, SNAKEMAKE, report
+from common import REPO, merge, report, run_variant
 
 PRESET = REPO / "config" / "glas.yaml"
 # variant -> (folder it copies its upstream from, or None; overrides of the preset)
@@ -52,13 +49,6 @@ UPPER = {"segmentation": {"targets": "ground_truth"}}
 STEPS = ("threshold", "morphology", "small_objects", "crf")
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def folder(name: str) -> Path:
     return REPO / "results" / f"glas_ablation_{name}"
 
@@ -71,17 +61,9 @@ def run(name: str, copy_from: str | None, overrides: dict, cores: int) -> float:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(folder(copy_from), partial, symlinks=True)
         partial.rename(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = out / "variant.yaml"
-    config.write_text(yaml.safe_dump({**overrides, "results": str(out.relative_to(REPO))}))
-    cmd = [str(SNAKEMAKE), "--cores", str(cores), "--configfile", str(PRESET), str(config)]
-    if copy_from is not None:
-        # a copy has no run records here: rerun the segmentation on purpose, nothing upstream
-        cmd += ["--rerun-triggers", "mtime", "--forcerun", "train_segmentation"]
-    start = time.perf_counter()
-    with open(out / "ablation.log", "a") as log:
-        subprocess.run(cmd, cwd=REPO, env=ENV, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return time.perf_counter() - start
+    # a copy reruns the segmentation on purpose, nothing upstream
+    forcerun = ("train_segmentation",) if copy_from is not None else ()
+    return run_variant(out, [PRESET], overrides, cores, forcerun=forcerun, log_name="ablation.log")
 
 
 def read(path: Path) -> dict:

@@ -32,18 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from common import ENV, REPO, RESULTS, SNAKEMAKE, report
+from common import REPO, RESULTS, report, run_variant
 
 PRESET = REPO / "config" / "glas.yaml"
 MASKS = REPO.parent / "shared" / "data" / "glas-train" / "masks"
@@ -64,28 +59,9 @@ def round_sizes(n_train: int, shares: list[float]) -> list[int]:
 
 def retrain(folder: Path, overrides: dict, cores: int) -> float:
     """Rerun the segmentation of ``folder`` (and what follows) with ``overrides``; seconds.
-
-    The copy has no run records of this checkout: rerun on modification times only, forcing the
-    corrections' targets (the folder's digest is what changed) and the segmentation."""
-    config = folder / "hitl.yaml"
-    config.write_text(yaml.safe_dump({**overrides, "results": str(folder.relative_to(REPO))}))
-    cmd = [str(SNAKEMAKE), *(str((folder / t).relative_to(REPO)) for t in TARGETS)]
-    cmd += ["--cores", str(cores), "--configfile", str(PRESET), str(config)]
-    cmd += ["--rerun-triggers", "mtime", "--forcerun", "corrections", "train_segmentation"]
-    start = time.perf_counter()
-    with open(folder / "hitl.log", "a") as log:
-        # its own process group: an interrupted benchmark takes its jobs with it
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            code = proc.wait()
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-    if code:
-        raise RuntimeError(f"snakemake failed ({code}): {folder / 'hitl.log'}")
-    return time.perf_counter() - start
+    The corrections' targets are forced too: the folder's digest is what changed."""
+    forcerun = ("corrections", "train_segmentation")
+    return run_variant(folder, [PRESET], overrides, cores, TARGETS, forcerun, "hitl.log")
 
 
 def test_scores(folder: Path) -> dict:
