@@ -294,6 +294,9 @@ def test_a_tiny_run_reports_every_table_and_figure_of_a_binary_run(tiny_multicla
             baseline = entry[ref]["baselines"]["majority_class"]["miou"]
             assert table.loc[split, f"{ref}_miou_majority_class"] == round(baseline, 4)
     assert not [c for c in table.columns if "positive_mean" in c]  # one class's scores
+    assert [c for c in table.columns if c.startswith("truth_iou_")] == [
+        f"truth_iou_{cls}" for cls in classes
+    ]  # in dataset.classes order
     curves = pd.read_csv(results / "segmentation" / "metrics.csv")
     assert "val_mean_class_iou_vs_pseudo_pooled" in curves.columns
     for figure in ("learning_curves", "metrics_table", "stain_normalization"):

@@ -676,17 +676,17 @@ def _binary_column(col: str) -> tuple[str, ...]:
 def metrics_table_columns(summary: Mapping) -> dict[str, tuple[str, tuple[str, ...]]]:
     """``{column: (label, path in a summary entry)}`` of :func:`metrics_table_rows`.
 
-    One class: :data:`METRICS_TABLE_COLUMNS`. K > 1 classes (the per-class scores of the
-    summary name them): per reference the mIoU and fwIoU, each class's IoU and the baselines'
+    One class: :data:`METRICS_TABLE_COLUMNS`. K > 1 classes (named by the summary's confusion
+    matrices): per reference the mIoU and fwIoU, each class's IoU and the baselines'
     mIoU (``<ref>_miou_<baseline>``), then the head's accuracy and AUC; the positive-image
     scores of one class are not defined there.
     """
     classes = next(
-        (
-            [c for c in entry[ref]["classes"] if c != "background"]
+        (  # in dataset.classes order: the confusion matrix's (the JSON sorts its keys)
+            entry[ref]["confusion"]["labels"][1:]
             for entry in summary.values()
             for ref in REFERENCES
-            if (entry.get(ref) or {}).get("classes")
+            if (entry.get(ref) or {}).get("confusion")
         ),
         [],
     )
