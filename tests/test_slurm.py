@@ -1,12 +1,12 @@
 """The workflow on a real SLURM scheduler with profiles/slurm: the same results as a local run.
 
 A single-node SLURM (slurm_cluster.py) runs the tiny demo through snakemake-executor-plugin-slurm
-while the same config runs locally (niced, so that the SLURM jobs get the CPUs first); then a toy
-workflow checks that a failed job comes back with the profile's larger memory and time.
+with the config of the shared local run (`tiny_run`, conftest.py), whose files it must match;
+then a toy workflow checks that a failed job comes back with the profile's larger memory and time.
 
 A SLURM job of the demo takes 11-19 s (two snakemake start-ups: the job and its srun step) and
-is seen finished at the next status poll, so the runs stop at the segmentation's evaluation and
-use fewer shards than TINY: about 4-5 minutes on 2 idle cores.
+is seen finished at the next status poll, so the SLURM run stops at the segmentation's
+evaluation: about 3-4 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -30,12 +30,8 @@ from workflow_runner import REPO, SNAKEMAKE, TINY
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
-RUN_TIMEOUT = 900  # seconds for the three runs (about 4 minutes on 2 idle cores)
-CONFIG = {
-    **TINY,
-    "cam": {**TINY["cam"], "shards": 1},
-    "pseudo_masks": {**TINY["pseudo_masks"], "shards": 2},
-}
+RUN_TIMEOUT = 900  # seconds for the two runs (about 4 minutes on 2 idle cores)
+CORES = 2  # the threads of tiny_run's `--cores 2`: the same threads give the same numbers
 # the segmentation's evaluation and all it is made from: split, stain, classifier, CAMs,
 # pseudo-masks, segmentation model and predictions (but no figures and no side summaries, which a
 # 2-CPU node would run one after the other with the 2-CPU jobs)
@@ -76,12 +72,10 @@ def profile_value(rule: str, resource: str, attempt: int) -> int:
 class Snakemake:
     """A snakemake process in the background, in its own process group, with its log."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict, nice: bool = False):
+    def __init__(self, workdir: Path, *args: str, env: dict):
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "snakemake.log"
         cmd = [str(SNAKEMAKE), *args]
-        if nice:
-            cmd = ["nice", "-n", "19", *cmd]
         env = {**env, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "MPLBACKEND": "Agg"}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
@@ -115,15 +109,15 @@ class Snakemake:
                 self.proc.wait(timeout=10)
 
 
-def demo(workdir: Path, *args: str, env: dict, nice: bool = False) -> Snakemake:
-    """The workflow on the demo config + CONFIG, as tests/workflow_runner.py runs it, to TARGETS."""
+def demo(workdir: Path, *args: str, env: dict) -> Snakemake:
+    """The workflow on the demo config + TINY, as tests/workflow_runner.py runs it, to TARGETS."""
     workdir.mkdir(parents=True, exist_ok=True)
     override = workdir / "test_config.yaml"
-    override.write_text(yaml.safe_dump(CONFIG))
+    override.write_text(yaml.safe_dump(TINY))
     config = [str(REPO / "config" / "config.yaml"), str(override)]
     snakefile = str(REPO / "Snakefile")
     args = ("--snakefile", snakefile, "--configfile", *config, *args, *TARGETS)
-    return Snakemake(workdir, *args, env=env, nice=nice)
+    return Snakemake(workdir, *args, env=env)
 
 
 def job_stats(log: str) -> Counter:
@@ -171,15 +165,16 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
-    """The demo on SLURM and, meanwhile, locally; then the toy on SLURM."""
+def runs(cluster, tiny_run, tmp_path_factory):
+    """The demo on SLURM, then the toy on SLURM; beside them the local run, tiny_run."""
+    if cluster.cpus < CORES:
+        pytest.skip(f"the SLURM node has {cluster.cpus} CPUs, tiny_run's jobs used {CORES}")
     root = tmp_path_factory.mktemp("slurm")
-    cores = min(2, cluster.cpus)  # both runs: the same threads give the same numbers
     profile = copy.deepcopy(PROFILE)
     profile["default-resources"]["slurm_partition"] = cluster.partition
     profile.update(
         {
-            "cores": cores,
+            "cores": CORES,
             "resources": {"mem_mb": cluster.memory_mb},  # no job asks for more than the node has
             "slurm-status-command": "squeue",  # no accounting database: sacct knows no job
             # status polls 6, 22, 48 s after a submission (10 s longer each time, the plugin's
@@ -197,10 +192,7 @@ def runs(cluster, tmp_path_factory):
 
     on_slurm = ("--workflow-profile", str(root / "profile"))
     deadline = time.monotonic() + RUN_TIMEOUT
-    procs = {
-        "slurm": demo(root / "on_slurm", *on_slurm, env=cluster.env),
-        "local": demo(root / "local", "--cores", str(cores), env=dict(os.environ), nice=True),
-    }
+    procs = {"slurm": demo(root / "on_slurm", *on_slurm, env=cluster.env)}
     logs = {}
     try:
         logs["slurm"] = procs["slurm"].wait(deadline)
@@ -208,7 +200,7 @@ def runs(cluster, tmp_path_factory):
         procs["toy"] = Snakemake(
             toy, "--snakefile", str(toy / "Snakefile"), *on_slurm, env=cluster.env
         )
-        logs.update({name: procs[name].wait(deadline) for name in ("local", "toy")})
+        logs["toy"] = procs["toy"].wait(deadline)
     finally:
         for proc in procs.values():
             proc.kill()
@@ -216,8 +208,8 @@ def runs(cluster, tmp_path_factory):
     (root / "slurm_jobs.json").write_text(json.dumps(jobs, indent=1))  # for a look afterwards
     return {
         "root": root,
+        "local": tiny_run,
         "logs": logs,
-        "cores": cores,
         "memory_cap": cluster.memory_mb,
         "jobs": jobs,
     }
@@ -242,18 +234,19 @@ def without_seconds(path: Path) -> list[list[str]]:
 
 
 def test_slurm_results_equal_local_results(runs):
-    """Byte for byte, but the wall-clock `seconds` columns of the CSVs that time epochs/images."""
+    """Byte for byte, but the wall-clock `seconds` columns of the CSVs that time epochs/images:
+    every file of the SLURM run (to TARGETS) is the local run's (to its final outputs)."""
     on_slurm = result_files(runs["root"] / "on_slurm")
-    local = result_files(runs["root"] / "local")
-    assert sorted(on_slurm) == sorted(local)
+    local = result_files(runs["local"])
+    assert set(on_slurm) <= set(local), sorted(set(on_slurm) - set(local))
     for name in ("split/split.csv", "classifier/metrics.csv", "segmentation/per_image.csv"):
-        assert name in local
-    masks = [f for f in local if re.fullmatch(r"pseudo_masks/shards/\d+/masks/.+\.png", f)]
+        assert name in on_slurm
+    masks = [f for f in on_slurm if re.fullmatch(r"pseudo_masks/shards/\d+/masks/.+\.png", f)]
     assert len(masks) == TINY["demo"]["n_images"]
-    for name, path in sorted(local.items()):
-        if path.read_bytes() != on_slurm[name].read_bytes():
+    for name, path in sorted(on_slurm.items()):
+        if path.read_bytes() != local[name].read_bytes():
             assert name.endswith(".csv"), f"{name} differs"
-            assert without_seconds(path) == without_seconds(on_slurm[name]), f"{name} differs"
+            assert without_seconds(path) == without_seconds(local[name]), f"{name} differs"
 
 
 def test_each_job_got_its_profile_resources_from_slurm(runs):
@@ -261,7 +254,7 @@ def test_each_job_got_its_profile_resources_from_slurm(runs):
     jobs = [j for j in runs["jobs"] if j["name"] == run_id(log)]
     assert jobs and all(j["state"] == "COMPLETED" for j in jobs), jobs
     rules = Counter(re.sub(r"^rule_|_wildcards_.*$", "", j["comment"]) for j in jobs)
-    expected = job_stats(runs["logs"]["local"])
+    expected = job_stats(log)  # the jobs snakemake planned
     expected.pop("all", None)  # a target rule without a job: snakemake submits nothing
     assert rules == expected  # one SLURM job per job, none retried
 
@@ -276,7 +269,7 @@ def test_each_job_got_its_profile_resources_from_slurm(runs):
         assert job["time_limit"] == slurm_time(profile_value(rule, "runtime", 1)), job
         assert job["cpus"] == (threads.group(1) if threads else "1"), job
         assert job["tres"] == ("gres:gpu:1" if rule in gpu_rules else "N/A"), job
-    assert {j["cpus"] for j in jobs} == {"1", str(runs["cores"])}
+    assert {j["cpus"] for j in jobs} == {"1", str(CORES)}
 
 
 def test_failed_job_is_resubmitted_with_more_memory(runs):
