@@ -4,6 +4,7 @@ images and masks of the multi-class demo generator (3 classes, white non-tissue 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from histo_wsss.demo import DemoSpec, generate
 from histo_wsss.evaluation import (
     baseline_confusions,
     evaluate_images,
+    label_scores,
     predicted_labels,
     predicted_mask,
     summarize,
@@ -249,6 +251,9 @@ def test_per_class_scores_miou_fwiou_and_confusion_by_hand(rows3):
     assert truth["classes"]["stroma"]["recall"] == pytest.approx(4 / 7)
     assert truth["classes"]["stroma"]["reference_pixels"] == 7
     assert truth["miou"] == pytest.approx(np.mean(list(iou.values())))
+    # a label that neither the reference nor the prediction holds scores nothing, not 1.0
+    absent = label_scores(np.diag([3, 2, 0]), ["tumor", "stroma"])["classes"]["stroma"]
+    assert math.isnan(absent["iou"]) and absent["reference_pixels"] == 0
     assert truth["fwiou"] == pytest.approx((3 * 2 / 4 + 2 * 2 / 4 + 7 * 4 / 8 + 2 * 1) / 14)
     # the per-image table keeps the binary columns: any class against background
     p = table.set_index("name").loc["P"]

@@ -365,9 +365,11 @@ def _reference_summary(part: pd.DataFrame, ref: str) -> dict:
 def label_scores(cm: np.ndarray, classes: Sequence[str]) -> dict:
     """``miou``, ``fwiou``, ``classes`` (per label: ``iou``, ``dice``, ``precision``,
     ``recall``, ``reference_pixels``) and ``confusion`` of a pooled label confusion matrix
-    ``cm`` over ``background`` and the K ``classes``."""
+    ``cm`` over ``background`` and the K ``classes``. A ratio with nothing to count is NaN (None
+    in JSON), e.g. the IoU of a class that neither the reference nor the prediction holds: not
+    a perfect score (as in ``pseudo_masks/class_scores.csv``; no mIoU counts such a label)."""
     names = ["background", *classes]
-    scores = scores_from_counts(*label_counts(cm))
+    scores = scores_from_counts(*label_counts(cm), zero_division=math.nan)
     support = cm.sum(axis=1)
     per_label = {
         label: {
