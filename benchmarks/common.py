@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,16 +83,22 @@ def folder_config(data: Path, **sections: dict) -> dict:
     return config
 
 
-def snakemake(workdir: Path, config: dict, *args: str) -> tuple[float, str]:
-    """Run the repo's Snakefile in ``workdir`` with the demo config + ``config``; return the
-    wall time in seconds and the combined output. Raises on failure."""
+def snakemake(workdir: Path, config: dict, *args: str, repo: Path = REPO) -> tuple[float, str]:
+    """Run the Snakefile of ``repo`` (this checkout by default) in ``workdir`` with its demo
+    config + ``config``, its jobs importing its own library; return the wall time in seconds and
+    the combined output. Raises on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
     override = workdir / "bench_config.yaml"
     override.write_text(yaml.safe_dump(config))
-    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--configfile"]
-    cmd += [str(REPO / "config" / "config.yaml"), str(override), *args]
+    cmd = [str(SNAKEMAKE), "--snakefile", str(repo / "Snakefile"), "--configfile"]
+    cmd += [str(repo / "config" / "config.yaml"), str(override), *args]
+    # a job of another checkout would otherwise import this checkout's installed library
+    env = {
+        **ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo / "src"), ENV.get("PYTHONPATH")])),
+    }
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=workdir, env=ENV, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     out = result.stdout + result.stderr
     if result.returncode != 0:
@@ -106,6 +113,17 @@ def merge(base: dict, over: dict) -> dict:
     for key, value in over.items():
         out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
+
+
+def copy_once(source: Path, folder: Path) -> None:
+    """Copy the results folder ``source`` to ``folder`` unless it is there, through a partial
+    folder renamed at the end: an interrupted copy is never used."""
+    if folder.exists():
+        return
+    partial = folder.with_name(f"{folder.name}.copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, symlinks=True)
+    partial.rename(folder)
 
 
 def run_variant(

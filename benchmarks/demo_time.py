@@ -15,15 +15,13 @@ Usage: python benchmarks/demo_time.py REV [--n-images N] [--classifier-epochs E]
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from common import ENV, REPO, SNAKEMAKE, WORK, report
+from common import REPO, WORK, report, snakemake
 
 TRAININGS = ("classifier", "segmentation")
 
@@ -42,17 +40,12 @@ def checkout(rev: str) -> Path:
 
 
 def run_demo(repo: Path, workdir: Path, overrides: dict, cores: int) -> float:
-    """``repo``'s demo in a fresh ``workdir`` with its own library; wall seconds."""
-    subprocess.run(["rm", "-rf", str(workdir)], check=True)
-    workdir.mkdir(parents=True)
-    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    cmd = [str(SNAKEMAKE), "--snakefile", str(repo / "Snakefile"), "--cores", str(cores)]
-    cmd += ["--configfile", str(repo / "config" / "config.yaml"), "overrides.yaml"]
-    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(repo / "src"), ENV.get("PYTHONPATH", "")])}
-    start = time.perf_counter()
-    with open(workdir / "snakemake.log", "w") as log:
-        subprocess.run(cmd, cwd=workdir, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return time.perf_counter() - start
+    """``repo``'s demo in a fresh ``workdir`` with its own library; wall seconds (its output in
+    ``workdir / snakemake.log``)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    seconds, out = snakemake(workdir, overrides, "--cores", str(cores), repo=repo)
+    (workdir / "snakemake.log").write_text(out)
+    return seconds
 
 
 def job_seconds(results: Path) -> dict[str, float]:

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from common import REPO, merge, report, run_variant
+from common import REPO, copy_once, merge, report, run_variant
 
 PRESET = REPO / "config" / "glas.yaml"
 # variant -> (folder it copies its upstream from, or None; overrides of the preset)
@@ -56,13 +55,10 @@ def folder(name: str) -> Path:
 def run(name: str, copy_from: str | None, overrides: dict, cores: int) -> float:
     """Run one variant to the end; return its wall time in seconds."""
     out = folder(name)
-    if copy_from is not None and not out.exists():
-        partial = out.with_name(f"{out.name}.copying")  # an interrupted copy is never used
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(folder(copy_from), partial, symlinks=True)
-        partial.rename(out)
-    # a copy reruns the segmentation on purpose, nothing upstream
-    forcerun = ("train_segmentation",) if copy_from is not None else ()
+    forcerun = ()
+    if copy_from is not None:
+        copy_once(folder(copy_from), out)
+        forcerun = ("train_segmentation",)  # a copy reruns the segmentation, nothing upstream
     return run_variant(out, [PRESET], overrides, cores, forcerun=forcerun, log_name="ablation.log")
 
 

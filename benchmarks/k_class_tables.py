@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from common import REPO, merge, report, run_variant
+from common import REPO, copy_once, merge, report, run_variant
 
 UPPER = {"segmentation": {"targets": "ground_truth"}}
 
@@ -42,12 +41,10 @@ def merged(configs: list[Path]) -> dict:
 
 def run(folder: Path, configs: list[Path], overrides: dict, cores: int, copy_of=None) -> float:
     """One run to the final outputs (a copy of ``copy_of`` rerunning the segmentation)."""
-    if copy_of is not None and not folder.exists():
-        partial = folder.with_name(f"{folder.name}.copying")  # an interrupted copy is never used
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(copy_of, partial, symlinks=True)
-        partial.rename(folder)
-    forcerun = ("train_segmentation",) if copy_of is not None else ()
+    forcerun = ()
+    if copy_of is not None:
+        copy_once(copy_of, folder)
+        forcerun = ("train_segmentation",)
     return run_variant(
         folder, configs, overrides, cores, forcerun=forcerun, log_name="k_class_tables.log"
     )
