@@ -163,6 +163,38 @@ def test_batched_equals_one_by_one(resnet3, smooth_activations):
     np.testing.assert_allclose(chunked, batched, atol=1e-5)
 
 
+def test_an_images_tags_share_its_forward_passes(resnet3):
+    """The cost model of cam.py's docstring: the layers before the target layer run once per
+    noisy copy of each image, without an autograd graph; only the rest runs per (image, class)
+    pair. Each map equals the one computed alone."""
+    seen = {"layer3": [], "fc": []}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name].append((output.shape[0], output.requires_grad))
+
+        return hook
+
+    handles = [getattr(resnet3, n).register_forward_hook(record(n)) for n in seen]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(15))
+    pairs, seeds = [(0, 0), (0, 1), (0, 2), (1, 1)], [5, 6]
+    kwargs = dict(SMOOTH, smooth_activations=True)
+    layer = resnet_target_layer(resnet3)
+    try:
+        maps = compute_cams(
+            resnet3, layer, x, [c for _, c in pairs], image_of=[i for i, _ in pairs],
+            seed=seeds, **kwargs,
+        )  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == {"layer3": [(2, False)] * 4, "fc": [(4, True)] * 4}  # 4 noisy copies
+    for p, (i, c) in enumerate(pairs):
+        alone = compute_cams(resnet3, layer, x[i : i + 1], [c], seed=seeds[i], **kwargs)
+        np.testing.assert_allclose(maps[p], alone[0], atol=1e-5)
+    assert len({m.tobytes() for m in maps[:3]}) == 3
+
+
 @pytest.mark.parametrize("smooth_activations", [False, True])
 def test_determinism_and_seed_dependence(resnet, smooth_activations):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
@@ -310,8 +342,14 @@ def test_rejects_bad_arguments(resnet):
     images, _ = square_batch(2, 64, 64, seed=12)
     with pytest.raises(ValueError, match="unknown CAM method"):
         compute_cams(net, net.features, images, [0, 0], method="scorecam")
-    with pytest.raises(ValueError, match="got 1 classes for 2 images"):
+    with pytest.raises(ValueError, match="got 1 classes for 2 maps"):
         compute_cams(net, net.features, images, [0], method="gradcam")
+    with pytest.raises(ValueError, match="got 2 classes for 3 maps"):
+        compute_cams(net, net.features, images, [0, 0], image_of=[0, 1, 1])
+    with pytest.raises(ValueError, match="must index the 2 images"):
+        compute_cams(net, net.features, images, [0, 0], image_of=[0, 2])
+    with pytest.raises(ValueError, match="target layer 1 .* runs before target layer 0"):
+        compute_cams(net, [net.features, net.detect], images, [0, 0], method="gradcam")
     with pytest.raises(ValueError, match="class indices"):
         compute_cams(net, net.features, images, [0, -1], method="gradcam")
     with pytest.raises(ValueError, match="class indices"):
@@ -406,14 +444,14 @@ CLASSES = ("tumor", "stroma", "lymphocytes")
 
 
 def test_save_cams_maps_each_tag_of_an_image(tmp_path, resnet3):
-    """K = 3: a channel per class, the map of each tag (as computed alone, also where the
-    batches of (image, class) pairs split an image's tags), zeros for the classes not in the
-    tags; one peak row per (image, tag)."""
+    """K = 3: a channel per class, the map of each tag (as computed alone, where one batch
+    holds two images and their three tags), zeros for the classes not in the tags; one peak
+    row per (image, tag)."""
     paths = _write_images(tmp_path, {"a": (64, 64), "b": (64, 64), "c": (48, 80)})
     tags = {"a": ["tumor", "lymphocytes"], "b": ["stroma"], "c": CLASSES}
     items = [(name, paths[name], tags[name]) for name in paths]
     cpu = torch.device("cpu")
-    # batches of 2 pairs: c's three tags are split over two batches
+    # batches of 2 images: a and b together (three maps), c alone (another size)
     peaks = save_cams(resnet3, items, tmp_path / "k3", {**CAM_CFG, "batch_size": 2}, cpu, CLASSES)
     assert list(zip(peaks["name"], peaks["class"], strict=True)) == [
         ("a", "tumor"), ("a", "lymphocytes"), ("b", "stroma"),

@@ -48,12 +48,17 @@ normalised per image to [0, 1]; they differ in the channel weights ``w_k``:
 Noise and seeding: each image has its own ``torch.Generator`` seeded with ``seed`` (an ``int``
 shared by every image, or one seed per image) and draws its ``n_samples`` noise tensors in order
 on the CPU. A map therefore depends only on the image, its class, the model and its seed, not
-on the batch it is computed in nor on ``samples_per_pass``. A batch of ``B`` (image, class) pairs
-costs ``ceil(n_samples / samples_per_pass)`` forward+backward passes of ``samples_per_pass * B``
-noisy images (default 1: memory of one batch), plus one gradient-free forward pass of the clean
-batch (skipped with ``smooth_activations=True``). The graph is built from the input (which
-requires grad) with the weights' ``requires_grad`` temporarily off: frozen models work, and no
-weight gradients are computed or left in ``.grad`` (this saved no measurable time on CPU).
+on the batch it is computed in nor on ``samples_per_pass``; an image's tags share its noise.
+
+Cost: the graph starts at the first target layer, not at the input. Everything before it runs
+without autograd, once per (noisy) image however many tags the image has; its output is then
+copied once per (image, class) pair, and only the rest of the network (after ``layer4``: the
+pooling and the linear head) is differentiated, per pair. Each image of a batch of ``N``
+images with ``P`` (image, class) pairs costs ``ceil(n_samples / samples_per_pass)`` passes of
+``samples_per_pass * N`` noisy images (default 1: memory of one batch), plus one
+gradient-free pass of the clean batch (skipped with ``smooth_activations=True``). The weights'
+``requires_grad`` is off meanwhile: frozen models work, and no weight gradients are computed or
+left in ``.grad``.
 """
 
 from __future__ import annotations
@@ -139,11 +144,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         if targets is None:
-            raise ValueError("SmoothGradCAMPlusPlus needs explicit targets (one per image)")
+            raise ValueError("SmoothGradCAMPlusPlus needs explicit targets (one per map)")
         input_tensor = input_tensor.to(self.device)
         batch = input_tensor.shape[0]
-        if len(targets) != batch:
-            raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
         gens = self._generators(batch)
         flat = input_tensor.detach().reshape(batch, -1)
         std = (self.noise_sigma * (flat.amax(1) - flat.amin(1))).cpu()
@@ -160,7 +163,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             )
             noise = (noise * std).to(device=input_tensor.device, dtype=input_tensor.dtype)
             noisy = (input_tensor.unsqueeze(0) + noise).reshape((k * batch,) + shape)
-            outputs = self.activations_and_grads(noisy)
+            outputs = self.activations_and_grads(noisy)  # k * (maps per pass) rows
+            if len(targets) * k != len(outputs):
+                raise ValueError(f"got {len(targets)} targets for {len(outputs) // k} maps")
             self.model.zero_grad()
             loss = sum(target(out) for target, out in zip(targets * k, outputs, strict=True))
             loss.backward()
@@ -172,7 +177,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
                 )
             step = []
             for g, a in zip(grads, acts, strict=True):
-                g = g.reshape((k, batch) + tuple(g.shape[1:]))
+                g = g.reshape((k, len(targets)) + tuple(g.shape[1:]))
                 g2 = g * g
                 step.append([g.sum(0), g2.sum(0), (g2 * g).sum(0)])
                 if self.smooth_activations:
@@ -239,6 +244,47 @@ def _minmax(maps: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+class _GraphCut:
+    """Forward hooks that start the autograd graph at the first target layer and copy its
+    output once per (image, class) pair (see the module docstring's "Cost").
+
+    ``pairs[p]`` is the image of pair ``p`` among ``n_images``; a batch of ``r * n_images``
+    rows (``r`` noisy copies, copy-major) becomes ``r * len(pairs)`` rows. Registered before
+    pytorch-grad-cam's own hooks (``prepend``), so those record the per-pair tensors. The other
+    target layers must come after the first in the forward pass: one that runs before it would
+    get no gradient, which is an error naming it.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], pairs: Sequence[int], n_images: int) -> None:
+        self.pairs = torch.as_tensor(list(pairs), dtype=torch.long)
+        self.n_images = n_images
+        self.handles = [layers[0].register_forward_hook(self._cut, prepend=True)]
+        self.handles += [
+            layer.register_forward_hook(self._check(i)) for i, layer in enumerate(layers[1:], 1)
+        ]
+
+    def _cut(self, module, inputs, output: torch.Tensor) -> torch.Tensor:
+        copies = output.shape[0] // self.n_images
+        offsets = self.n_images * torch.arange(copies)[:, None]
+        rows = (offsets + self.pairs[None]).reshape(-1).to(output.device)
+        return output.detach()[rows].requires_grad_(True)
+
+    @staticmethod
+    def _check(position: int):
+        def hook(module, inputs, output: torch.Tensor) -> None:
+            if torch.is_grad_enabled() and not output.requires_grad:
+                raise ValueError(
+                    f"target layer {position} ({type(module).__name__}) runs before target "
+                    "layer 0: list the target layers in forward order"
+                )
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def compute_cams(
     model: nn.Module,
     target_layer: nn.Module | Sequence[nn.Module],
@@ -250,9 +296,12 @@ def compute_cams(
     seed: int | Sequence[int] = 0,
     samples_per_pass: int = 1,
     smooth_activations: bool = False,
+    image_of: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """CAMs of a batch of (image, class) pairs: image ``i``'s map for the logit of class
-    ``classes[i]`` (pytorch-grad-cam's ``ClassifierOutputTarget``).
+    """CAMs of a batch of (image, class) pairs: pair ``p``'s map is that of image
+    ``image_of[p]`` for the logit of class ``classes[p]`` (pytorch-grad-cam's
+    ``ClassifierOutputTarget``). An image with several tags is passed once and listed in
+    ``image_of`` once per tag: its forward passes are shared by its maps.
 
     Args:
         model: classifier with output shape ``(B, K)``; used in eval mode (BatchNorm running
@@ -261,26 +310,32 @@ def compute_cams(
         target_layer: module whose output is ``A``, or a list of modules in forward order
             (pytorch-grad-cam pairs layers with hooked tensors by position) whose maps are
             averaged.
-        images: ``(B, 3, H, W)`` float tensor, already normalised as for the classifier; moved to
+        images: ``(N, 3, H, W)`` float tensor, already normalised as for the classifier; moved to
             the model's device.
-        classes: ``B`` class indices in ``0 .. K - 1`` (an image listed twice with two classes
-            gives its two maps).
+        classes: ``P`` class indices in ``0 .. K - 1``, one per map.
         method: one of :data:`CAM_METHODS`.
         n_samples, noise_sigma, seed, samples_per_pass, smooth_activations: Smooth Grad-CAM++
-            settings (ignored by the other methods), see the module docstring.
+            settings (ignored by the other methods), see the module docstring; ``seed`` is per
+            image (``N`` seeds, or one ``int``).
+        image_of: ``P`` indices into ``images``; ``None``: map ``i`` is image ``i``'s
+            (``P = N``).
 
     Returns:
-        ``np.float32`` array ``(B, H, W)`` in [0, 1], each map min-max normalised (max 1 unless
+        ``np.float32`` array ``(P, H, W)`` in [0, 1], each map min-max normalised (max 1 unless
         the map is constant, e.g. all zero where no channel supports the score).
     """
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {CAM_METHODS}")
     if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     if any(isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 0 for c in classes):
         raise ValueError(f"classes must be class indices (integers >= 0), got {list(classes)}")
-    if len(classes) != images.shape[0]:
-        raise ValueError(f"got {len(classes)} classes for {images.shape[0]} images")
+    n_images = images.shape[0]
+    image_of = range(n_images) if image_of is None else image_of
+    if len(classes) != len(image_of):
+        raise ValueError(f"got {len(classes)} classes for {len(image_of)} maps")
+    if not all(isinstance(i, int | np.integer) and 0 <= i < n_images for i in image_of):
+        raise ValueError(f"image_of must index the {n_images} images, got {list(image_of)}")
     layers = [target_layer] if isinstance(target_layer, nn.Module) else list(target_layer)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
 
@@ -288,9 +343,8 @@ def compute_cams(
     device = params[0].device if params else images.device
     was_training = model.training
     flags = [p.requires_grad for p in params]
-    # The graph hangs on the input, not on the weights: works for frozen models, and no weight
-    # gradients are computed or stored.
-    x = images.detach().to(device).clone().requires_grad_(True)
+    x = images.detach().to(device)
+    cut = _GraphCut(layers, image_of, n_images)
     try:
         for p in params:
             p.requires_grad_(False)
@@ -315,6 +369,7 @@ def compute_cams(
             cam.activations_and_grads.release()
             cam.outputs = None  # pytorch-grad-cam keeps the last outputs (and their graph)
     finally:
+        cut.remove()
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
@@ -340,51 +395,48 @@ def save_cams(
     classes not in the tags).
 
     ``cfg`` is the ``cam`` config section (``layers``: the ResNet stages whose maps are
-    averaged, ``["layer4"]`` when absent). Every image is read and mapped at its own size; its
-    (image, class) pairs are batched, consecutive pairs of one size sharing a batch of up to
-    ``cfg["batch_size"]``, every pair of an image with the image's noise seed
-    (:func:`image_seed`); an item without tags gets no file. Returns one row per (image, tag):
-    name, class and the peak's row and column.
+    averaged, ``["layer4"]`` when absent, in any order). Every image is read and mapped at its
+    own size; consecutive images of one size share a batch of up to ``cfg["batch_size"]``
+    images, each with all its tags (:func:`compute_cams` shares an image's forward passes
+    between its tags) and its noise seed (:func:`image_seed`); an item without tags gets no
+    file. Returns one row per (image, tag): name, class and the peak's row and column.
     """
     model.to(device).eval()
-    layers = [resnet_target_layer(model, name) for name in cfg.get("layers", ["layer4"])]
+    stages = {name: resnet_target_layer(model, name) for name in cfg.get("layers", ["layer4"])}
+    layers = [stages[name] for name in RESNET_LAYERS if name in stages]  # forward order
     index = {c: k for k, c in enumerate(classes)}
     out_dir = Path(out_dir)
     rows = []
-    pending: dict[str, list] = {}  # name: [(K, H, W) maps, number of its pairs not yet mapped]
 
-    def pairs():
+    def tagged():
         for name, path, tags in progress(items, "cams", "img"):
-            if not tags:
-                continue
-            rgb = read_rgb(path)
-            pending[name] = [np.zeros((len(classes), *rgb.shape[:2]), np.float16), len(tags)]
-            for tag in tags:
-                yield name, rgb, index[tag]
+            if tags:
+                yield name, read_rgb(path), [index[tag] for tag in tags]
 
-    for batch in same_size_runs(pairs(), cfg["batch_size"], lambda pair: pair[1].shape):
+    for batch in same_size_runs(tagged(), cfg["batch_size"], lambda item: item[1].shape):
         names, images, targets = zip(*batch, strict=True)
+        image_of = [i for i, tags in enumerate(targets) for _ in tags]
         maps = compute_cams(
             model,
             layers,
             preprocess(np.stack(images)),
-            targets,
+            [k for tags in targets for k in tags],
             method=cfg["method"],
             n_samples=cfg["n_samples"],
             noise_sigma=cfg["noise_sigma"],
             seed=[image_seed(cfg["seed"], n) for n in names],
             smooth_activations=cfg["smooth_activations"],
+            image_of=image_of,
         )
-        for name, k, cam in zip(names, targets, maps, strict=True):
-            row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
-            rows.append({"name": name, "class": classes[k], "peak_row": row, "peak_col": col})
-            entry = pending[name]
-            entry[0][k] = cam
-            entry[1] -= 1
-            if entry[1] == 0:
-                with atomic_path(out_dir / f"{name}.npy") as tmp:
-                    np.save(tmp, entry[0])
-                del pending[name]
+        maps = iter(maps)
+        for name, image, tags in batch:
+            stack = np.zeros((len(classes), *image.shape[:2]), np.float16)
+            for k in tags:
+                stack[k] = cam = next(maps)
+                row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+                rows.append({"name": name, "class": classes[k], "peak_row": row, "peak_col": col})
+            with atomic_path(out_dir / f"{name}.npy") as tmp:
+                np.save(tmp, stack)
     return pd.DataFrame(rows, columns=PEAK_COLUMNS)
 
 
