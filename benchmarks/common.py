@@ -117,12 +117,20 @@ def merge(base: dict, over: dict) -> dict:
 
 def copy_once(source: Path, folder: Path) -> None:
     """Copy the results folder ``source`` to ``folder`` unless it is there, through a partial
-    folder renamed at the end: an interrupted copy is never used."""
+    folder renamed at the end: an interrupted copy is never used.
+
+    Every file of the copy gets one modification time, now: the dataset's files may have been
+    touched since ``source`` was made (a fresh copy of ``../shared``), and on modification times
+    alone that would rerun the whole copy instead of the rules a variant forces."""
     if folder.exists():
         return
     partial = folder.with_name(f"{folder.name}.copying")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial, symlinks=True)
+    now = time.time()
+    for path in partial.rglob("*"):
+        if not path.is_symlink():
+            os.utime(path, (now, now))
     partial.rename(folder)
 
 

@@ -7,11 +7,13 @@ the all-positive baseline and the supervised upper bound beside the weakly super
 Variants:
   classifier  the preset: classifier from random weights, segmentation encoder from it
   random      segmentation encoder from random weights (classifier, CAMs, masks as the preset)
+  adamw       the preset's segmentation trained with AdamW (lr 1e-3) instead of SGD
   pretrained  SimCLR on the dataset's train+val images, then classifier and encoder from it
 Each variant also trains the segmentation network on the real masks (``targets:
 ground_truth``): the supervised upper bound with the same initialisation. Variants that share
-everything upstream of the segmentation copy the finished folder (times preserved) and force
-only ``train_segmentation`` and what follows it, instead of retraining the classifier.
+everything upstream of the segmentation copy the finished folder and force only the CAMs,
+pseudo-masks, ``train_segmentation`` and what follows them, instead of retraining the
+classifier.
 
 Figures come from train and val only, unless ``--split test`` (look at the test split once, at
 the end: docs/results.md).
@@ -36,6 +38,7 @@ PRESET = REPO / "config" / "glas.yaml"
 VARIANTS = {
     "classifier": (None, {}),
     "random": ("classifier", {"segmentation": {"encoder_weights": None}}),
+    "adamw": ("classifier", {"segmentation": {"optimizer": "adamw", "lr": 0.001}}),
     "pretrained": (
         None,
         {
@@ -58,7 +61,9 @@ def run(name: str, copy_from: str | None, overrides: dict, cores: int) -> float:
     forcerun = ()
     if copy_from is not None:
         copy_once(folder(copy_from), out)
-        forcerun = ("train_segmentation",)  # a copy reruns the segmentation, nothing upstream
+        # a copy reruns the CAMs and pseudo-masks (a minute or two; a folder made by older code
+        # may hold their files in an older form) and the segmentation, not the classifier
+        forcerun = ("cams", "pseudo_masks", "train_segmentation")
     return run_variant(out, [PRESET], overrides, cores, forcerun=forcerun, log_name="ablation.log")
 
 

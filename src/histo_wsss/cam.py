@@ -50,15 +50,15 @@ shared by every image, or one seed per image) and draws its ``n_samples`` noise 
 on the CPU. A map therefore depends only on the image, its class, the model and its seed, not
 on the batch it is computed in nor on ``samples_per_pass``; an image's tags share its noise.
 
-Cost: the graph starts at the first target layer, not at the input. Everything before it runs
-without autograd, once per (noisy) image however many tags the image has; its output is then
-copied once per (image, class) pair, and only the rest of the network (after ``layer4``: the
-pooling and the linear head) is differentiated, per pair. Each image of a batch of ``N``
-images with ``P`` (image, class) pairs costs ``ceil(n_samples / samples_per_pass)`` passes of
-``samples_per_pass * N`` noisy images (default 1: memory of one batch), plus one
-gradient-free pass of the clean batch (skipped with ``smooth_activations=True``). The weights'
-``requires_grad`` is off meanwhile: frozen models work, and no weight gradients are computed or
-left in ``.grad``.
+Cost: the graph starts at the first target layer, not at the input. The layers before it run
+without autograd, once per noisy copy of each image however many tags the image has; their
+output is then copied once per (image, class) pair, and only the rest of the network (after
+ResNet's ``layer4``: pooling and the linear head; after ``layer3``: ``layer4`` too) runs
+forward and backward per pair. A batch of ``N`` images costs
+``ceil(n_samples / samples_per_pass)`` such passes of ``samples_per_pass * N`` noisy images
+(default 1: memory of one batch), plus one gradient-free pass of the clean images (skipped with
+``smooth_activations=True``). The weights' ``requires_grad`` is off meanwhile: frozen models
+work, and no weight gradients are computed or left in ``.grad``.
 """
 
 from __future__ import annotations
