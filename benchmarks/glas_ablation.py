@@ -7,7 +7,6 @@ the all-positive baseline and the supervised upper bound beside the weakly super
 Variants:
   classifier  the preset: classifier from random weights, segmentation encoder from it
   random      segmentation encoder from random weights (classifier, CAMs, masks as the preset)
-  adamw       the preset's segmentation trained with AdamW (lr 1e-3) instead of SGD
   pretrained  SimCLR on the dataset's train+val images, then classifier and encoder from it
 Each variant also trains the segmentation network on the real masks (``targets:
 ground_truth``): the supervised upper bound with the same initialisation. Variants that share
@@ -38,7 +37,6 @@ PRESET = REPO / "config" / "glas.yaml"
 VARIANTS = {
     "classifier": (None, {}),
     "random": ("classifier", {"segmentation": {"encoder_weights": None}}),
-    "adamw": ("classifier", {"segmentation": {"optimizer": "adamw", "lr": 0.001}}),
     "pretrained": (
         None,
         {

@@ -105,7 +105,6 @@ def test_mhist_preset_holds_the_papers_values():
     seg = c["segmentation"]
     paper_seg = {"arch": "DeepLabV3Plus", "encoder": "resnet101", "encoder_weights": "imagenet"}
     paper_seg |= {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.001, "threshold": 0.5}
-    paper_seg |= {"optimizer": "sgd"}
     paper_seg |= {"dice_weight": 1.0, "lovasz_weight": 0.5, "bce_head_weight": 0.2}
     paper_seg |= {"positive_only_epochs": 10, "negative_ramp_epochs": 35, "negative_max_prob": 0.3}
     paper_seg |= {"targets": "pseudo", "crop_size": None}

@@ -45,7 +45,6 @@ def test_defaults_are_the_paper_values_and_user_values_merge_over_them():
     assert cfg["encoder"] == "resnet18" and DEFAULTS["encoder"] == "resnet101"
     assert cfg["augment"] == {**DEFAULTS["augment"], "hue": 0.0}
     paper = {"arch": "DeepLabV3Plus", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.001}
-    paper |= {"optimizer": "sgd"}
     paper |= {"dice_weight": 1.0, "lovasz_weight": 0.5, "bce_head_weight": 0.2}
     paper |= {"positive_only_epochs": 10, "negative_ramp_epochs": 35, "negative_max_prob": 0.3}
     paper |= {"threshold": 0.5, "encoder_weights": None}
@@ -59,7 +58,6 @@ def test_defaults_are_the_paper_values_and_user_values_merge_over_them():
         ({"learning_rate": 0.1}, "unknown segmentation config key.*learning_rate"),
         ({"augment": {"blur": 1}}, r"unknown segmentation config key.*augment\.blur"),
         ({"arch": "FPN"}, "arch must be one of"),
-        ({"optimizer": "adam"}, "optimizer must be one of"),
         ({"epochs": 0}, "epochs must be an integer >= 1"),
         ({"negative_max_prob": 1.5}, "negative_max_prob must be"),
         ({"threshold": 1.0}, "threshold must be"),
@@ -317,24 +315,6 @@ def test_training_is_deterministic(trained, data, tmp_path):
     sa = torch.load(ckpt_a, weights_only=True)["state_dict"]
     sb = torch.load(ckpt_b, weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def test_adamw_is_the_optimizer_asked_for(trained, data, tmp_path):
-    """``optimizer: adamw`` trains with AdamW at ``lr`` and ``weight_decay`` (momentum unused);
-    the default is the paper's SGD with momentum."""
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    adamw = seg._optimizer(resolve_config({"optimizer": "adamw", "lr": 0.002}), params)
-    sgd = seg._optimizer(resolve_config({"lr": 0.002}), params)
-    assert type(adamw) is torch.optim.AdamW and type(sgd) is torch.optim.SGD
-    assert adamw.defaults["lr"] == sgd.defaults["lr"] == 0.002
-    assert adamw.defaults["weight_decay"] == sgd.defaults["weight_decay"] == 0.001
-    assert sgd.defaults["momentum"] == 0.9
-    _, ckpt, csv = _run(data, tmp_path, {**TINY, "optimizer": "adamw", "lr": 0.001})
-    state = torch.load(ckpt, weights_only=True)
-    assert state["config"]["optimizer"] == "adamw"
-    assert np.isfinite(pd.read_csv(csv)["train_loss"]).all()
-    other = torch.load(trained[1], weights_only=True)["state_dict"]
-    assert not all(torch.equal(state["state_dict"][k], other[k]) for k in other)
 
 
 def test_validation_ious_are_named_after_the_masks_trained_on():

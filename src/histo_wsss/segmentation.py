@@ -91,9 +91,8 @@ Training (:func:`train`)
       epoch with its own seeds derived from ``(seed, epoch, index)``, independent of the batch
       order and ``num_workers``; normalisation as the classifier
       (:func:`histo_wsss.classifier.preprocess`, ImageNet mean/std);
-    * SGD (``lr``, ``momentum``, ``weight_decay``; the paper's) or AdamW (``optimizer:
-      adamw``: ``lr``, ``weight_decay``) at a constant learning rate (the paper names no
-      schedule), ``clip_grad_norm_(grad_clip)`` on every step;
+    * SGD (``lr``, ``momentum``, ``weight_decay``) at a constant learning rate (the paper names
+      no schedule), ``clip_grad_norm_(grad_clip)`` on every step;
     * validation after every epoch on ALL validation images (positives and negatives), whole,
       in eval mode, predicting the label rule above, against the masks the network
       trains on (``targets``: the pseudo-masks, or the real masks with ``ground_truth``), which
@@ -199,7 +198,6 @@ HEAD_DROPOUT = 0.2
 CHECKPOINT_KEYS = ("arch", "encoder", "state_dict", "epoch", "metrics", "config")
 #: What the network may train on (``targets``) and the reference its validation IoUs name.
 TARGETS = {"pseudo": "pseudo", "ground_truth": "truth"}
-OPTIMIZERS = ("sgd", "adamw")
 _TARGET_WORDS = {"pseudo": "the pseudo-masks", "ground_truth": "the real masks"}
 
 
@@ -227,7 +225,6 @@ DEFAULTS: dict = {
     "crop_size": None,
     "epochs": 50,
     "batch_size": 16,
-    "optimizer": "sgd",
     "lr": 0.001,
     "momentum": 0.9,
     "weight_decay": 0.001,
@@ -284,8 +281,6 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
     out["encoder_weights"] = parse_weights(w)
     t = out["targets"]
     require("segmentation", t in TARGETS, "targets", t, f"one of {tuple(TARGETS)}")
-    o = out["optimizer"]
-    require("segmentation", o in OPTIMIZERS, "optimizer", o, f"one of {OPTIMIZERS}")
     c = out["crop_size"]
     require("segmentation", c is None or (is_int(c) and c >= 32), "crop_size", c, CROP)
     for key in ("epochs", "batch_size", "patience"):
@@ -677,16 +672,6 @@ def train(
                       Path(metrics_path), log)  # fmt: skip
 
 
-def _optimizer(cfg: dict, params) -> torch.optim.Optimizer:
-    """The paper's SGD with momentum, or AdamW (decoupled weight decay), at the constant
-    ``lr``."""
-    if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(
-        params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
-    )
-
-
 def _train(
     cfg: dict,
     device: torch.device,
@@ -699,7 +684,9 @@ def _train(
     recorded = recorded_config(cfg, "encoder_weights")  # the weights file by its name only
     model = build_model(cfg, train_data.k).to(device)
     loss_fn = _loss_fn(cfg)
-    optimizer = _optimizer(cfg, model.parameters())
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+    )
     dataset = _SegDataset(train_data, Augmentation(cfg["augment"], cfg["crop_size"]), cfg["seed"])
     train_sizes = training_sizes(train_data.sizes, cfg["crop_size"])
     labelled = [(i, int(positive)) for i, positive in enumerate(train_data.labels)]
