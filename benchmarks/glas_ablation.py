@@ -7,6 +7,7 @@ the all-positive baseline and the supervised upper bound beside the weakly super
 Variants:
   classifier  the preset: classifier from random weights, segmentation encoder from it
   random      segmentation encoder from random weights (classifier, CAMs, masks as the preset)
+  long        the preset's segmentation trained up to 100 epochs instead of 60
   pretrained  SimCLR on the dataset's train+val images, then classifier and encoder from it
 Each variant also trains the segmentation network on the real masks (``targets:
 ground_truth``): the supervised upper bound with the same initialisation. Variants that share
@@ -37,6 +38,7 @@ PRESET = REPO / "config" / "glas.yaml"
 VARIANTS = {
     "classifier": (None, {}),
     "random": ("classifier", {"segmentation": {"encoder_weights": None}}),
+    "long": ("classifier", {"segmentation": {"epochs": 100}}),
     "pretrained": (
         None,
         {
