@@ -107,6 +107,22 @@ def items_of(root: Path, n_images: int) -> list[tuple[str, str, list[str], str]]
     ]
 
 
+def refine_inputs(items: list, space: LabelSpace, out: Path) -> list[Item]:
+    """The refinement's items of ``(name, image, tags, mask)`` items, their tissue masks and
+    real label maps written once under ``out``, their CAMs read from ``out / "cams"``."""
+    index = {c: i for i, c in enumerate(space.classes)}
+    refine_items = []
+    for name, image, tags, mask in items:
+        tissue, truth = out / "tissue" / f"{name}.png", out / "truth" / f"{name}.png"
+        write_png(tissue, tissue_mask(read_rgb(image)))
+        space.write_labels(truth, space.read_truth(mask))
+        cams = str(out / "cams" / f"{name}.npy")
+        refine_items.append(
+            Item(name, image, str(tissue), cams, tuple(index[t] for t in tags), str(truth))
+        )
+    return refine_items
+
+
 def _best(seconds: dict, key: tuple, start: float) -> None:
     seconds[key] = min(seconds.get(key, float("inf")), time.perf_counter() - start)
 
@@ -125,10 +141,13 @@ def stage_rows(roots: dict[int, Path], n_images: int, repeats: int) -> list[dict
     seconds: dict[tuple[str, int], float] = {}
     n_cams = {}
     with tempfile.TemporaryDirectory() as tmp:
+        refine_items = {
+            k: refine_inputs(items[k], space, Path(tmp) / f"k{k}") for k, space in spaces.items()
+        }
         for _ in range(repeats):
             for k, space in spaces.items():
                 out = Path(tmp) / f"k{k}"
-                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(out / "cams", ignore_errors=True)
                 start = time.perf_counter()
                 peaks = save_cams(
                     models[k],
@@ -140,27 +159,12 @@ def stage_rows(roots: dict[int, Path], n_images: int, repeats: int) -> list[dict
                 )
                 _best(seconds, ("CAMs (save_cams)", k), start)
                 n_cams[k] = len(peaks)
-                index = {c: i for i, c in enumerate(space.classes)}
-                refine_items = []
-                for name, image, tags, mask in items[k]:
-                    tissue = out / "tissue" / f"{name}.png"
-                    truth = out / "truth" / f"{name}.png"
-                    write_png(tissue, tissue_mask(read_rgb(image)))
-                    space.write_labels(truth, space.read_truth(mask))
-                    refine_items.append(
-                        Item(
-                            name,
-                            image,
-                            str(tissue),
-                            str(out / "cams" / f"{name}.npy"),
-                            tuple(index[t] for t in tags),
-                            str(truth),
-                        )
-                    )
                 for background in ("threshold", "tissue") if k > 1 else ("threshold",):
                     params = RefineParams.from_config(refine_cfg | {"background": background})
+                    masks = out / "pseudo_masks" / background
+                    shutil.rmtree(masks, ignore_errors=True)
                     start = time.perf_counter()
-                    refine_images(refine_items, params, out / background, True, space)
+                    refine_images(refine_items[k], params, masks, True, space)
                     stage = f"pseudo-masks (refine_images, background {background})"
                     _best(seconds, (stage, k), start)
     rows = []
