@@ -8,6 +8,10 @@ Variants:
   classifier  the preset: classifier from random weights, segmentation encoder from it
   random      segmentation encoder from random weights (classifier, CAMs, masks as the preset)
   long        the preset's segmentation trained up to 100 epochs instead of 60
+  lumens_background  the tissue mask of sessions 6-10 (``tissue_hole_px: 64``): gland lumens
+              are non-tissue, hence background in the pseudo-masks
+  band        lumens_background with an unlabelled band (``background_quantile: 0.1``): the
+              CAMs' middle band and the lumens left out of the loss instead
   pretrained  SimCLR on the dataset's train+val images, then classifier and encoder from it
 Each variant also trains the segmentation network on the real masks (``targets:
 ground_truth``): the supervised upper bound with the same initialisation. Variants that share
@@ -39,6 +43,11 @@ VARIANTS = {
     "classifier": (None, {}),
     "random": ("classifier", {"segmentation": {"encoder_weights": None}}),
     "long": ("classifier", {"segmentation": {"epochs": 100}}),
+    "lumens_background": (None, {"stain": {"tissue_hole_px": 64}}),
+    "band": (
+        "lumens_background",
+        {"stain": {"tissue_hole_px": 64}, "pseudo_masks": {"background_quantile": 0.1}},
+    ),
     "pretrained": (
         None,
         {

@@ -138,6 +138,12 @@ CASES = {
         None,
         "positive_class 'tumour' is not one of classes ['normal', 'lesion']",
     ),
+    "pseudo-mask band above its threshold": (
+        FOLDER,
+        {"pseudo_masks": {"quantile": 0.5, "background_quantile": 0.6}},
+        None,
+        "pseudo_masks: background_quantile must be in (0, quantile = 0.5), got 0.6",
+    ),
     "braces in a config path": (
         {**FOLDER, "images": "data/im{x}"},
         {},

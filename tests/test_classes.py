@@ -26,6 +26,19 @@ def test_a_binary_mask_is_the_one_class_label_map_and_is_stored_as_before(tmp_pa
     assert np.array_equal(half, read_mask(tmp_path / "m.png", 0.5))  # as the binary reader
 
 
+def test_a_binary_label_map_stores_unlabelled_pixels_as_grey(tmp_path):
+    labels = np.zeros((6, 8), np.uint8)
+    labels[:2], labels[2:4] = 1, IGNORE
+    binary = LabelSpace(("lesion",))
+    binary.write_labels(tmp_path / "labels.png", labels)
+    stored = np.asarray(Image.open(tmp_path / "labels.png"))
+    assert sorted(np.unique(stored)) == [0, 128, 255]
+    assert np.array_equal(binary.read_labels(tmp_path / "labels.png"), labels)
+    # a user's binary mask: any other non-zero value is the class
+    Image.fromarray(np.where(labels == 1, 7, 0).astype(np.uint8)).save(tmp_path / "user.png")
+    assert np.array_equal(binary.read_labels(tmp_path / "user.png"), labels == 1)
+
+
 @pytest.mark.parametrize(
     ("space", "values", "mode"),
     [

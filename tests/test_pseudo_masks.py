@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histo_wsss.classes import LabelSpace
+from histo_wsss.classes import IGNORE, LabelSpace
 from histo_wsss.demo import DemoSpec, render
 from histo_wsss.figures import pick_examples, pseudo_mask_steps
 from histo_wsss.io import read_mask, write_csv, write_png
@@ -72,6 +72,33 @@ def test_final_step_chooses_which_step_is_the_pseudo_mask(shard, tmp_path):
     assert not np.array_equal(mask, read_mask(root / "out" / "masks" / "img0.png"))
     assert not (tmp_path / "steps").exists()
     assert table["crf_area"].iloc[0] > 0  # the CRF still runs and is scored
+
+
+def test_an_unlabelled_band_is_stored_and_left_out_of_the_scores(shard, tmp_path):
+    root, items, plain, _ = shard
+    params = RefineParams(background_quantile=0.2, final_step="small_objects")
+    table, confusion = refine_images(items, params, tmp_path, True, BINARY)
+    for item, row in zip(items, table.itertuples(), strict=True):
+        labels = BINARY.read_labels(tmp_path / "masks" / f"{item.name}.png")
+        unlabelled = labels == IGNORE
+        assert unlabelled.any() == bool(item.tags)  # negatives: all background
+        assert row.small_objects_unlabelled == pytest.approx(unlabelled.mean(), abs=1e-6)
+        assert row.small_objects_area == pytest.approx((labels == 1).mean(), abs=1e-6)
+        if not item.tags:
+            continue
+        truth = read_mask(root / "truth" / f"{item.name}.png")
+        kept = ~unlabelled
+        tp = (truth & (labels == 1))[kept].sum()
+        fp = (~truth & (labels == 1))[kept].sum()
+        fn = (truth & (labels == 0))[kept].sum()
+        assert (row.small_objects_tp, row.small_objects_fp, row.small_objects_fn) == (tp, fp, fn)
+        assert row.small_objects_iou == pytest.approx(tp / (tp + fp + fn), abs=1e-6)
+    # the band leaves out uncertain pixels: less of the background is lesion than with one threshold
+    false_omission = {
+        name: t["small_objects_fn"].sum() / (t["small_objects_fn"] + t["small_objects_tn"]).sum()
+        for name, t in (("band", table), ("plain", plain))
+    }
+    assert false_omission["band"] < false_omission["plain"]
 
 
 def test_an_empty_shard_writes_readable_tables(tmp_path):

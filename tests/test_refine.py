@@ -8,6 +8,7 @@ import pydensecrf.densecrf as dcrf
 import pytest
 from pydensecrf.utils import unary_from_softmax
 
+from histo_wsss.classes import IGNORE
 from histo_wsss.demo import DemoSpec, render
 from histo_wsss.refine import (
     STEPS,
@@ -21,6 +22,7 @@ from histo_wsss.refine import (
     refine,
     remove_small,
     resolve,
+    sure_background,
 )
 from histo_wsss.stain import tissue_mask
 
@@ -81,6 +83,11 @@ def test_params_from_config():
     assert p.background == "threshold" and RefineParams(background="tissue").background == "tissue"
     with pytest.raises(ValueError, match="background must be one of .* got 'white'"):
         RefineParams(background="white")
+    assert p.background_quantile is None
+    with pytest.raises(ValueError, match=r"background_quantile must be in \(0, quantile = 0.5\)"):
+        RefineParams(background_quantile=0.5)
+    with pytest.raises(ValueError, match="background_quantile needs background 'threshold'"):
+        RefineParams(background="tissue", background_quantile=0.2)
 
 
 # --- quantile threshold ---------------------------------------------------------------------
@@ -425,3 +432,32 @@ def test_crf_with_three_classes_and_background_snaps_to_colour_edges():
     truth = np.searchsorted(np.array(edges), cols, side="right")
     accuracy = (out == truth).mean()
     assert accuracy > 0.97 and accuracy > (given == truth).mean() + 0.05
+
+
+def test_background_quantile_leaves_the_band_and_non_tissue_unlabelled(multiclass_images):
+    params = RefineParams(quantile=0.6, background_quantile=0.2, final_step="small_objects")
+    for rgb, _, present, cams, tissue in multiclass_images:
+        steps = refine(rgb, cams, present, params, tissue)
+        plain = refine(rgb, cams, present, RefineParams(quantile=0.6), tissue)
+        sure = sure_background(cams, present, 0.2, tissue)
+        below = np.stack([cams[c] <= np.quantile(cams[c][tissue], 0.2) for c in present])
+        np.testing.assert_array_equal(sure, tissue & below.all(axis=0))
+        for step, labels in steps.items():
+            assert set(np.unique(labels)) <= {0, IGNORE, *(c + 1 for c in present)}, step
+            classes = (labels > 0) & (labels != IGNORE)
+            # the same classes as one threshold gives; background only where sure
+            np.testing.assert_array_equal(labels[classes], plain[step][classes])
+            np.testing.assert_array_equal(labels == 0, sure & (plain[step] == 0), step)
+            assert (labels[~tissue] == IGNORE).all()
+        band = steps["threshold"] == IGNORE
+        assert band[tissue].mean() > 0.1  # the middle of the CAMs
+
+
+def test_background_quantile_with_one_class_on_a_ramp():
+    cam = np.tile(np.linspace(0, 1, 100, dtype=np.float32), (20, 1))[None]
+    rgb = np.full((20, 100, 3), 200, np.uint8)
+    params = RefineParams(quantile=0.6, background_quantile=0.2, min_object_px=0)
+    labels = refine(rgb, cam, [0], params)["threshold"]
+    np.testing.assert_array_equal(labels[0, :20], 0)
+    np.testing.assert_array_equal(labels[0, 20:60], IGNORE)
+    np.testing.assert_array_equal(labels[0, 60:], 1)

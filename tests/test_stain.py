@@ -40,6 +40,22 @@ def test_tissue_mask_separates_white_background_from_tissue():
     assert tissue[:, 52:].mean() > 0.9
 
 
+def test_tissue_holes_up_to_tissue_hole_px_are_tissue_and_specks_go():
+    rgb = np.zeros((128, 128, 3), np.uint8)
+    rgb[:] = (120, 60, 160)  # tissue
+    rgb[:, :48] = 245  # the slide's white background, touching the border
+    rgb[60:70, 80:90] = 245  # a 100-px lumen enclosed by tissue
+    rgb[20:22, 20:22] = (120, 60, 160)  # a 4-px speck of tissue in the background
+    default = tissue_mask(rgb)
+    assert not default[60:70, 80:90].any() and not default[20:22, 20:22].any()
+    filled = tissue_mask(rgb, StainParams(tissue_hole_px=101))
+    lumen = np.zeros((128, 128), bool)
+    lumen[60:70, 80:90] = True
+    assert np.array_equal(filled & ~default, lumen)  # only the lumen joins the tissue
+    assert not filled[:, :48].any()
+    assert np.array_equal(tissue_mask(rgb, StainParams(tissue_hole_px=100)), default)
+
+
 GLAS_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "glas-train" / "images"
 
 

@@ -16,8 +16,8 @@ its masks hold ``i`` for ``classes[i]`` and ``dataset.ignore_index`` where no cl
 which becomes :data:`IGNORE` (WSSS4LUAD's non-tissue background, value 3, is scored nowhere).
 
 Label maps that the workflow writes (real masks at the working scale, patch masks) are PNGs of
-the labels themselves, except for K = 1, whose label 1 is written as 255: binary masks stay the
-0/255 PNGs they always were.
+the labels themselves, except for K = 1, whose label 1 is written as 255 and an unlabelled pixel
+as :data:`BINARY_UNLABELLED` (128, grey): binary masks stay the 0/255 PNGs they always were.
 
 A class has one colour everywhere (QuPath's annotations, the figures, the demo's contact sheet):
 :func:`class_colors`.
@@ -36,6 +36,8 @@ from PIL import Image
 from histo_wsss.io import open_image, read_mask, scaled_size, write_png
 
 IGNORE = 255
+BINARY_UNLABELLED = 128
+"""How a K = 1 label map stores an unlabelled pixel (its label 1 is 255 on disk)."""
 FORMATS = ("mhist", "tags")
 TAG_SEPARATOR = ";"
 #: RGB 0-255 colour of a class.
@@ -153,18 +155,26 @@ class LabelSpace:
         return majority_resize(lut[values], scale)
 
     def write_labels(self, path: str | os.PathLike, labels: np.ndarray) -> None:
-        """Write a label map as the workflow stores them (K = 1: label 1 as 255)."""
-        write_png(path, labels == 1 if self.k == 1 else labels.astype(np.uint8))
+        """Write a label map as the workflow stores them (K = 1: label 1 as 255, unlabelled as
+        :data:`BINARY_UNLABELLED`)."""
+        labels = np.asarray(labels, np.uint8)
+        if self.k == 1:
+            labels = np.select([labels == 1, labels == IGNORE], [255, BINARY_UNLABELLED], 0)
+        write_png(path, labels.astype(np.uint8))
 
     def read_labels(self, path: str | os.PathLike) -> np.ndarray:
-        """A label map written by :meth:`write_labels`, as uint8 labels."""
-        if self.k == 1:
-            return read_mask(path).astype(np.uint8)
+        """A label map written by :meth:`write_labels`, as uint8 labels (K = 1: any other
+        non-zero value than :data:`BINARY_UNLABELLED` is label 1, as in a user's binary mask)."""
         try:
             with Image.open(path) as img:
-                return np.asarray(img, np.uint8)
+                values = np.asarray(img.convert("L") if self.k == 1 else img, np.uint8)
         except (OSError, SyntaxError) as err:
             raise ValueError(f"{path}: cannot read label map ({err})") from err
+        if self.k == 1:
+            return np.select([values == BINARY_UNLABELLED, values > 0], [IGNORE, 1], 0).astype(
+                np.uint8
+            )
+        return values
 
     def shares(self, labels: np.ndarray) -> np.ndarray:
         """float64 ``(K,)``: the share of ``labels``' pixels that each class covers (unlabelled

@@ -1,12 +1,15 @@
 """Pseudo-masks for a shard of images, and how good they are against real masks.
 
 Pseudo-mask files are label maps (:meth:`histo_wsss.classes.LabelSpace.write_labels`: K = 1
-as 0/255 PNGs) at the image's own size (the CAMs have it); images without tags get all-background
-masks. The pseudo-mask (``masks/``) is the map after the ``final_step`` of the refinement; with
-``save_steps`` the map after every step is kept too (``steps/<step>/<name>.png``), for figures.
+as 0/255 PNGs, 128 where unlabelled) at the image's own size (the CAMs have it); images without
+tags get all-background masks. The pseudo-mask (``masks/``) is the map after the ``final_step``
+of the refinement; with ``save_steps`` the map after every step is kept too
+(``steps/<step>/<name>.png``), for figures.
 
-Quality against the real masks (label maps at the working scale, unlabelled pixels left out):
-each image's confusion matrix over the labels 0..K per step
+Quality against the real masks (label maps at the working scale; pixels unlabelled in either
+map left out, so that with ``background_quantile`` the scores are those of the labelled pixels,
+and ``<step>_unlabelled`` says what share of the image that leaves out): each image's confusion
+matrix over the labels 0..K per step
 (:func:`histo_wsss.metrics.label_confusion`), stored as long rows (``confusion.csv``); the
 per-image table keeps the foreground-vs-background counts and scores of the binary case
 (:func:`histo_wsss.metrics.foreground_counts`).
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histo_wsss.classes import LabelSpace
+from histo_wsss.classes import IGNORE, LabelSpace
 from histo_wsss.io import read_mask, read_rgb
 from histo_wsss.logs import progress
 from histo_wsss.metrics import (
@@ -82,8 +85,8 @@ def refine_images(
     """Refine every item's CAMs; write label maps; return per-image rows and confusion rows.
 
     Each row has the name, whether the image is positive (has a tag), the foreground's area
-    fraction after each step, the refinement time, and, for images with a real mask,
-    ``<step>_<count>`` foreground pixel counts and ``<step>_<metric>`` scores
+    fraction and the unlabelled share after each step, the refinement time, and, for images
+    with a real mask, ``<step>_<count>`` foreground pixel counts and ``<step>_<metric>`` scores
     (:func:`histo_wsss.metrics.image_scores`: a negative image's ratios left empty). The
     confusion rows are ``name, step, truth_label, pred_label, pixels``.
     """
@@ -101,13 +104,16 @@ def refine_images(
         row["seconds"] = round(time.perf_counter() - start, 4)
         space.write_labels(out_dir / "masks" / f"{item.name}.png", steps[params.final_step])
         for step in STEPS:
-            row[f"{step}_area"] = round(float((steps[step] > 0).mean()), 6)
+            unlabelled = steps[step] == IGNORE
+            row[f"{step}_area"] = round(float(((steps[step] > 0) & ~unlabelled).mean()), 6)
+            row[f"{step}_unlabelled"] = round(float(unlabelled.mean()), 6)
             if save_steps:
                 space.write_labels(out_dir / "steps" / step / f"{item.name}.png", steps[step])
         if item.truth:
             truth = space.read_labels(item.truth)
             for step in STEPS:
-                cm = label_confusion(steps[step], truth, space.k + 1)
+                scored = np.where(steps[step] == IGNORE, IGNORE, truth)
+                cm = label_confusion(steps[step], scored, space.k + 1)
                 matrices += confusion_rows(cm, name=item.name, step=step)
                 counts = dict(zip(COUNTS, foreground_counts(cm), strict=True))
                 row.update({f"{step}_{k}": v for k, v in counts.items()})

@@ -29,6 +29,15 @@ Every step's map stays inside the tissue. With ``background: tissue`` a tissue p
 leaves without a class (opened away, a small object removed, background after the CRF) takes
 the class of the nearest pixel that has one (:func:`fill_tissue`). For K = 1 with ``threshold``
 every step is the binary recipe (one class: no overlaps; the CRF's two labels).
+
+Unlabelled band (``background_quantile``, with ``background: threshold``): the paper's single
+threshold calls every pixel below it background, however weak the CAM's evidence. With a second,
+lower quantile only the tissue pixels whose every present class's CAM is at or below it are
+background (:func:`sure_background`); a pixel that a step leaves without a class and that is
+not sure background -- the CAMs' middle band, and non-tissue such as gland lumens -- is
+unlabelled (:data:`histo_wsss.classes.IGNORE`), left out of the segmentation's loss and of
+every score: confident foreground and background as in AffinityNet / IRN (Ahn et al. 2018,
+2019). Each step's map is banded so.
 Everything is deterministic.
 """
 
@@ -43,6 +52,8 @@ import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 from scipy import ndimage
 from skimage import morphology
+
+from histo_wsss.classes import IGNORE
 
 STEPS = ("threshold", "morphology", "small_objects", "crf")
 """Keys of :func:`refine`'s result, in the order the steps run."""
@@ -71,6 +82,9 @@ class RefineParams:
     """The step whose mask is the pseudo-mask (the paper: ``crf``; every step is still run)."""
     background: str = "threshold"
     """One of :data:`BACKGROUNDS` (module docstring); ``threshold`` is the paper's."""
+    background_quantile: float | None = None
+    """Below ``quantile``: the unlabelled band's lower end (module docstring); None: the paper's
+    single threshold, no band."""
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
@@ -79,6 +93,17 @@ class RefineParams:
             raise ValueError(f"final_step must be one of {STEPS}, got {self.final_step!r}")
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
+        if self.background_quantile is not None:
+            if self.background != "threshold":
+                raise ValueError(
+                    "background_quantile needs background 'threshold' (with 'tissue' every "
+                    "tissue pixel has a class)"
+                )
+            if not 0.0 < self.background_quantile < self.quantile:
+                raise ValueError(
+                    f"background_quantile must be in (0, quantile = {self.quantile}), got "
+                    f"{self.background_quantile}"
+                )
         for name in ("open_px", "close_px", "crf_iterations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
@@ -238,6 +263,15 @@ def fill_tissue(labels: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     return out
 
 
+def sure_background(
+    cams: np.ndarray, present: Sequence[int], q: float, tissue: np.ndarray
+) -> np.ndarray:
+    """Tissue pixels at or below the ``q``-quantile (over tissue) of every ``present`` class's
+    CAM: the background of the unlabelled band (module docstring)."""
+    above = np.stack([quantile_threshold(cams[c], q, tissue) for c in present])
+    return tissue & ~above.any(axis=0)
+
+
 def label_cams(
     cams: np.ndarray,
     present: Sequence[int],
@@ -310,7 +344,7 @@ def dense_crf(
         raise ValueError(f"labels has shape {labels.shape}, expected {(h, w)}")
     if tissue is not None:
         tissue = _check_mask(tissue, (h, w), "tissue")
-    if not (labels > 0).any():
+    if not ((labels > 0) & (labels != IGNORE)).any():
         return np.zeros((h, w), dtype=np.uint8)
 
     in_tissue = None
@@ -348,9 +382,10 @@ def refine(
 ) -> dict[str, np.ndarray]:
     """Run every step; return ``{"threshold", "morphology", "small_objects", "crf"}`` uint8
     label maps holding only 0 and the ``present`` classes' labels (class indices into ``cams``;
-    empty: every map is background).
+    empty: every map is background), and with ``params.background_quantile``
+    :data:`~histo_wsss.classes.IGNORE` where unlabelled.
 
-    The pseudo-mask is ``result[params.final_step]``. Maps stay inside ``tissue``.
+    The pseudo-mask is ``result[params.final_step]``. Classes stay inside ``tissue``.
     """
     params = params or RefineParams()
     cams = _check_cams(cams)
@@ -361,12 +396,16 @@ def refine(
     if present[0] < 0 or present[-1] >= len(cams):
         raise ValueError(f"present classes {present} outside the {len(cams)} CAM channels")
     inside = np.ones(shape, dtype=bool) if tissue is None else _check_mask(tissue, shape, "tissue")
+    q_sure = params.background_quantile
+    sure = None if q_sure is None else sure_background(cams, present, q_sure, inside)
 
     def finish(labels: np.ndarray) -> np.ndarray:
         labels = np.where(inside, labels, 0).astype(np.uint8)
-        return fill_tissue(labels, inside) if params.background == "tissue" else labels
+        if params.background == "tissue":
+            return fill_tissue(labels, inside)
+        return labels if sure is None else np.where((labels == 0) & ~sure, IGNORE, labels)
 
-    threshold = label_cams(cams, present, params.quantile, tissue, params.background)
+    threshold = finish(label_cams(cams, present, params.quantile, tissue, params.background))
     closed = np.stack(
         [open_close(m, params.open_px, params.close_px) for m in class_masks(threshold, present)]
     )

@@ -38,6 +38,7 @@ class StainParams:
     luminance_threshold: float = 0.82
     saturation_threshold: float = 0.07
     min_tissue_px: int = 64
+    tissue_hole_px: int = 64
     min_tissue_fraction: float = 0.05
     min_stain_angle: float = 5.0
     scale: float = 1.0
@@ -86,12 +87,14 @@ def value_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def tissue_mask(rgb: np.ndarray, params: StainParams = StainParams()) -> np.ndarray:
     """Boolean mask of tissue: pixels that are not bright and unsaturated (white background).
 
-    Specks and holes smaller than ``min_tissue_px`` are removed and filled.
+    Specks smaller than ``min_tissue_px`` are removed; holes smaller than ``tissue_hole_px`` are
+    filled: a white area that small, enclosed by tissue, is part of it (a gland's lumen, a
+    vessel), not the slide's background.
     """
     value, saturation = value_saturation(rgb)
     background = (value > params.luminance_threshold) & (saturation < params.saturation_threshold)
     tissue = morphology.remove_small_objects(~background, max_size=params.min_tissue_px - 1)
-    return morphology.remove_small_holes(tissue, max_size=params.min_tissue_px - 1)
+    return morphology.remove_small_holes(tissue, max_size=params.tissue_hole_px - 1)
 
 
 MACENKO_ERRORS = (ValueError, ArithmeticError, IndexError, np.linalg.LinAlgError, RuntimeWarning)
