@@ -419,7 +419,11 @@ _check_pretrained_archs()
 def _check_refine():
     """Pseudo-mask keys that contradict each other (e.g. a background_quantile above quantile)
     fail here, naming them, not in the refinement jobs."""
-    keys = {k: v for k, v in config["pseudo_masks"].items() if k not in ("save_steps", "shards")}
+    keys = {
+        k: v
+        for k, v in config["pseudo_masks"].items()
+        if k not in ("save_steps", "shards")
+    }
     try:
         RefineParams.from_config(keys)
     except ValueError as err:
