@@ -36,7 +36,8 @@ from common import REPO, report
 from histo_wsss.cam import compute_cams, resnet_target_layer
 from histo_wsss.classifier import load_checkpoint, preprocess
 from histo_wsss.io import read_mask, read_rgb
-from histo_wsss.refine import RefineParams, refine
+from histo_wsss.pseudo_masks import refine_params
+from histo_wsss.refine import refine
 
 SCALES = (0.5, 1.0, 1.5, 2.0)
 QUANTILE = 0.3
@@ -64,10 +65,10 @@ class Signals:
         self.features: torch.Tensor | None = None
         self.layer.register_forward_hook(lambda _m, _i, out: setattr(self, "features", out))
         benign = split.index[(split["split"] == "train") & (split["label"] == "benign")]
-        self.bank = torch.cat([self.layer3(self.image(name))[0] for name in benign])
+        self.bank = torch.cat([self.layer3(preprocess(self.image(n)[None]))[0] for n in benign])
 
-    def image(self, name: str) -> torch.Tensor:
-        return preprocess(read_rgb(one(self.run / "stain", f"images/{name}.png"))[None])
+    def image(self, name: str) -> np.ndarray:
+        return read_rgb(one(self.run / "stain", f"images/{name}.png"))
 
     def layer3(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         with torch.no_grad():
@@ -75,8 +76,8 @@ class Signals:
         f = F.normalize(self.features, dim=1)[0]
         return f.flatten(1).T, tuple(f.shape[1:])
 
-    def __call__(self, name: str) -> dict[str, np.ndarray]:
-        x = self.image(name)
+    def __call__(self, name: str, rgb: np.ndarray) -> dict[str, np.ndarray]:
+        x = preprocess(rgb[None])
         size = tuple(x.shape[2:])
         up = lambda m: F.interpolate(m[None, None], size=size, mode="bilinear")[0, 0].numpy()  # noqa: E731
         cams = [
@@ -85,7 +86,6 @@ class Signals:
         ]
         feats, grid = self.layer3(x)
         knn = torch.cdist(feats, self.bank).topk(3, largest=False).values.mean(1)
-        rgb = read_rgb(one(self.run / "stain", f"images/{name}.png"))
         probs = np.load(self.run / "segmentation" / "predictions" / "probs" / f"{name}.npy")
         return {
             "cam": np.load(one(self.run / "cam", f"cams/{name}.npy"))[0].astype(np.float32),
@@ -119,15 +119,13 @@ def main() -> None:
     config = yaml.safe_load((REPO / "config" / "glas.yaml").read_text())
     split = pd.read_csv(run / "split" / "split.csv").set_index("name")
     signals = Signals(run, split, config["patches"]["size"])
-    refine_keys = {
-        k: v for k, v in config["pseudo_masks"].items() if k not in ("save_steps", "shards")
-    }
-    params = RefineParams.from_config(refine_keys)
+    params = refine_params(config["pseudo_masks"])
     scores, deciles, holes = [], [], []
     chosen = split[(split["split"] != "test") & (split["label"] == "malignant")]
     for name, row in chosen.iterrows():
         truth = read_mask(one(run / "truth", f"masks/{name}.png"))
-        maps = signals(name)
+        rgb = signals.image(name)
+        maps = signals(name, rgb)
         for signal, values in maps.items():
             scores.append(
                 {
@@ -142,7 +140,6 @@ def main() -> None:
             share = truth.ravel()[ranks == d].mean()
             deciles.append({"split": row["split"], "decile": d, "gland": share})
         tissue = read_mask(one(run / "stain", f"tissue/{name}.png"))
-        rgb = read_rgb(one(run / "stain", f"images/{name}.png"))
         record = {"split": row["split"], "non-tissue share": 1 - tissue.mean()}
         record["gland share of non-tissue"] = truth[~tissue].mean() if (~tissue).any() else np.nan
         for area in HOLES:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,8 @@ from histo_wsss.refine import STEPS, RefineParams, empty_steps, refine
 from histo_wsss.splits import SPLITS
 
 COUNTS = ("tp", "fp", "fn", "tn")
+WORKFLOW_KEYS = ("save_steps", "shards")
+"""Keys of the ``pseudo_masks`` config section that the workflow reads, not the refinement."""
 CLASS_SCORES = ("iou", "dice", "precision", "recall")
 
 
@@ -60,6 +62,12 @@ class Item:
     cam: str
     tags: tuple[int, ...]
     truth: str = ""
+
+
+def refine_params(section: Mapping) -> RefineParams:
+    """The refinement parameters of a ``pseudo_masks`` config section: its keys but
+    :data:`WORKFLOW_KEYS`; an unknown or contradicting value is a ``ValueError`` naming it."""
+    return RefineParams.from_config({k: v for k, v in section.items() if k not in WORKFLOW_KEYS})
 
 
 def load_cams(path: str | Path, shape: tuple[int, int], k: int) -> np.ndarray:

@@ -25,7 +25,7 @@ upstream); the tissue mask is boolean ``HxW``. Steps, each a function here and a
 4. :func:`dense_crf` - fully connected CRF (pydensecrf) on the RGB image over 1 + (number of
    present classes) labels.
 
-Every step's map stays inside the tissue. With ``background: tissue`` a tissue pixel that a step
+Every step's classes stay inside the tissue. With ``background: tissue`` a tissue pixel that a step
 leaves without a class (opened away, a small object removed, background after the CRF) takes
 the class of the nearest pixel that has one (:func:`fill_tissue`). For K = 1 with ``threshold``
 every step is the binary recipe (one class: no overlaps; the CRF's two labels).

@@ -36,7 +36,7 @@ from histo_wsss.dataset import (
 from histo_wsss.demo import DEMO_KEYS, demo_names, demo_spec
 from histo_wsss.io import unwritable_folders
 from histo_wsss.qupath import class_labels
-from histo_wsss.refine import RefineParams
+from histo_wsss.pseudo_masks import refine_params
 from histo_wsss.shards import shard_groups
 from histo_wsss.weights import PRETRAINED
 from histo_wsss.weights import local_file as local_weights_file
@@ -419,13 +419,8 @@ _check_pretrained_archs()
 def _check_refine():
     """Pseudo-mask keys that contradict each other (e.g. a background_quantile above quantile)
     fail here, naming them, not in the refinement jobs."""
-    keys = {
-        k: v
-        for k, v in config["pseudo_masks"].items()
-        if k not in ("save_steps", "shards")
-    }
     try:
-        RefineParams.from_config(keys)
+        refine_params(config["pseudo_masks"])
     except ValueError as err:
         raise WorkflowError(f"pseudo_masks: {err}") from None
 

@@ -3,13 +3,10 @@
 from histo_wsss.classes import TAG_SEPARATOR, LabelSpace
 from histo_wsss.io import atomic_dir, write_csv
 from histo_wsss.logs import job_log
-from histo_wsss.pseudo_masks import Item, refine_images
-from histo_wsss.refine import RefineParams
+from histo_wsss.pseudo_masks import Item, refine_images, refine_params
 from histo_wsss.splits import read_split
 
 with job_log(snakemake.log[0]) as log:
-    cfg = dict(snakemake.params.refine)
-    save_steps, _ = cfg.pop("save_steps"), cfg.pop("shards")
     space = LabelSpace(**snakemake.params.labels)
     split = read_split(snakemake.input.split, space.classes)
     index = {c: k for k, c in enumerate(space.classes)}
@@ -23,7 +20,7 @@ with job_log(snakemake.log[0]) as log:
     ]
     with atomic_dir(snakemake.output[0]) as out:
         table, confusion = refine_images(
-            items, RefineParams.from_config(cfg), out, save_steps, space
+            items, refine_params(p.refine), out, p.refine["save_steps"], space
         )
         write_csv(out / "pseudo_masks.csv", table)
         write_csv(out / "confusion.csv", confusion)
