@@ -1,10 +1,10 @@
-"""The GlaS ablation of docs/results.md: encoder initialisation, weak vs supervised targets.
+"""The GlaS ablations of docs/results.md: encoder initialisation, weak vs supervised targets.
 
-Runs the real Snakefile on ``config/glas.yaml`` and variants of it, each in its own results
-folder, then prints one markdown table per stage (classifier, pseudo-masks, segmentation) with
-the all-positive baseline and the supervised upper bound beside the weakly supervised scores.
+Runs the real Snakefile on a GlaS preset and variants of it, each in its own results folder,
+then prints one markdown table per stage (classifier, pseudo-masks, segmentation) with the
+all-positive baseline and the supervised upper bound beside the weakly supervised scores.
 
-Variants:
+``--preset glas`` (``config/glas.yaml``, malignant glands; folders ``results/glas_ablation_*``):
   classifier  the preset: classifier from random weights, segmentation encoder from it
   random      segmentation encoder from random weights (classifier, CAMs, masks as the preset)
   long        the preset's segmentation trained up to 100 epochs instead of 60
@@ -13,16 +13,22 @@ Variants:
   band        lumens_background with an unlabelled band (``background_quantile: 0.1``): the
               CAMs' middle band and the lumens left out of the loss instead
   pretrained  SimCLR on the dataset's train+val images, then classifier and encoder from it
-Each variant also trains the segmentation network on the real masks (``targets:
-ground_truth``): the supervised upper bound with the same initialisation. Variants that share
-everything upstream of the segmentation copy the finished folder and force only the CAMs,
-pseudo-masks, ``train_segmentation`` and what follows them, instead of retraining the
+``--preset glas_glands`` (``config/glas_glands.yaml``, every gland, the field's protocol;
+folders ``results/glas_glands_ablation_*``):
+  classifier  the preset
+  lumens      gland lumens in the tissue (``tissue_hole_px: 16384``, as config/glas.yaml)
+  unet        smp's U-Net instead of DeepLabV3+ (encoder from the classifier alike)
+Each variant also trains the segmentation network on the real masks (``<variant>_upper``,
+``targets: ground_truth``): the supervised upper bound with the same initialisation. Variants
+that share everything upstream of the segmentation copy the finished folder and force only the
+CAMs, pseudo-masks, ``train_segmentation`` and what follows them, instead of retraining the
 classifier.
 
 Figures come from train and val only, unless ``--split test`` (look at the test split once, at
 the end: docs/results.md).
 
-    python benchmarks/glas_ablation.py [--runs classifier random_upper ...] [--split val]
+    python benchmarks/glas_ablation.py [--preset glas] [--runs classifier random_upper ...] \
+        [--split val]
 
 ``--runs`` with no names only tabulates the finished runs.
 """
@@ -37,105 +43,127 @@ import pandas as pd
 
 from common import REPO, copy_once, merge, report, run_variant
 
-PRESET = REPO / "config" / "glas.yaml"
-# variant -> (folder it copies its upstream from, or None; overrides of the preset)
+# preset -> variant -> (variant it copies its upstream from, or None; overrides of the preset)
 VARIANTS = {
-    "classifier": (None, {}),
-    "random": ("classifier", {"segmentation": {"encoder_weights": None}}),
-    "long": ("classifier", {"segmentation": {"epochs": 100}}),
-    "lumens_background": (None, {"stain": {"tissue_hole_px": 64}}),
-    "band": (
-        "lumens_background",
-        {"stain": {"tissue_hole_px": 64}, "pseudo_masks": {"background_quantile": 0.1}},
-    ),
-    "pretrained": (
-        None,
-        {
-            "classifier": {"weights": "pretrained"},
-            "segmentation": {"encoder_weights": "pretrained"},
-        },
-    ),
+    "glas": {
+        "classifier": (None, {}),
+        "random": ("classifier", {"segmentation": {"encoder_weights": None}}),
+        "long": ("classifier", {"segmentation": {"epochs": 100}}),
+        "lumens_background": (None, {"stain": {"tissue_hole_px": 64}}),
+        "band": (
+            "lumens_background",
+            {"stain": {"tissue_hole_px": 64}, "pseudo_masks": {"background_quantile": 0.1}},
+        ),
+        "pretrained": (
+            None,
+            {
+                "classifier": {"weights": "pretrained"},
+                "segmentation": {"encoder_weights": "pretrained"},
+            },
+        ),
+    },
+    "glas_glands": {
+        "classifier": (None, {}),
+        "lumens": (None, {"stain": {"tissue_hole_px": 16384}}),
+        "unet": ("classifier", {"segmentation": {"arch": "Unet"}}),
+    },
 }
 UPPER = {"segmentation": {"targets": "ground_truth"}}
 STEPS = ("threshold", "morphology", "small_objects", "crf")
 
 
-def folder(name: str) -> Path:
-    return REPO / "results" / f"glas_ablation_{name}"
+def folder(preset: str, name: str) -> Path:
+    return REPO / "results" / f"{preset}_ablation_{name}"
 
 
-def run(name: str, copy_from: str | None, overrides: dict, cores: int) -> float:
+def run(preset: str, name: str, copy_from: str | None, overrides: dict, cores: int) -> float:
     """Run one variant to the end; return its wall time in seconds."""
-    out = folder(name)
+    out = folder(preset, name)
     forcerun = ()
     if copy_from is not None:
-        copy_once(folder(copy_from), out)
+        copy_once(folder(preset, copy_from), out)
         # a copy reruns the CAMs and pseudo-masks (a minute or two; a folder made by older code
         # may hold their files in an older form) and the segmentation, not the classifier
         forcerun = ("cams", "pseudo_masks", "train_segmentation")
-    return run_variant(out, [PRESET], overrides, cores, forcerun=forcerun, log_name="ablation.log")
+    config = REPO / "config" / f"{preset}.yaml"
+    return run_variant(out, [config], overrides, cores, forcerun=forcerun, log_name="ablation.log")
 
 
 def read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def stage_rows(name: str, split: str) -> dict:
-    """This variant's figures on ``split`` (positives' means; see docs/results.md)."""
-    out, upper = folder(name), folder(f"{name}_upper")
+def stage_rows(preset: str, name: str, split: str) -> dict:
+    """This variant's figures on ``split`` (positives' means unless pooled; docs/results.md)."""
+    out, upper = folder(preset, name), folder(preset, f"{name}_upper")
     clf = read(out / "classifier" / "evaluation.json").get(split, {})
-    cam = read(out / "cam" / "summary.json").get("peak_in_mask", {}).get(split)
+    cam = read(out / "cam" / "summary.json").get("peak_in_mask", {}).get(split) or {}
+    curve = pd.read_csv(out / "classifier" / "metrics.csv")
     quality = pd.read_csv(out / "pseudo_masks" / "quality.csv")
     quality = quality[(quality["positive"] == 1) & (quality["split"] == split)]
     seg = read(out / "segmentation" / "evaluation.json").get(split, {})
-    sup = read(upper / "segmentation" / "evaluation.json").get(split, {})
     truth = seg.get("truth", {})
+    sup = read(upper / "segmentation" / "evaluation.json").get(split, {}).get("truth", {})
     return {
         "classifier": {
             "accuracy": clf.get("accuracy"),
             "AUC": clf.get("auc"),
-            "CAM peak in mask": cam,
+            # the presets select the epoch by this AUC, on the val crops or patches
+            "training's val AUC, selected epoch": curve["val_auc"].max(),
+            "CAM peak in mask": cam.get("share"),
         },
         "pseudo-masks": {f"IoU {s}": quality[f"{s}_iou"].mean() for s in STEPS},
         "segmentation": {
             "IoU vs real masks": truth.get("positive_mean", {}).get("iou"),
             "Dice vs real masks": truth.get("positive_mean", {}).get("dice"),
+            "mIoU vs real masks, pooled": truth.get("pooled", {}).get("miou"),
             "negatives with positive pixels": seg.get("negative_images_with_positive_pixels"),
             "all-positive IoU": truth.get("all_positive_baseline", {}).get("iou"),
-            "upper bound IoU": sup.get("truth", {}).get("positive_mean", {}).get("iou"),
-            "upper bound Dice": sup.get("truth", {}).get("positive_mean", {}).get("dice"),
+            "upper bound IoU": sup.get("positive_mean", {}).get("iou"),
+            "upper bound Dice": sup.get("positive_mean", {}).get("dice"),
+            "upper bound mIoU, pooled": sup.get("pooled", {}).get("miou"),
         },
     }
 
 
-RUNS = [*VARIANTS, *(f"{name}_upper" for name in VARIANTS)]
+def runs(preset: str) -> list[str]:
+    """A preset's runs: its variants, then their supervised upper bounds."""
+    return [*VARIANTS[preset], *(f"{name}_upper" for name in VARIANTS[preset])]
 
 
-def plan(name: str) -> tuple[str | None, dict]:
-    """(folder it copies from, overrides) of a run: a variant, or ``<variant>_upper``, its
+def plan(preset: str, name: str) -> tuple[str | None, dict]:
+    """(variant it copies from, overrides) of a run: a variant, or ``<variant>_upper``, its
     supervised upper bound (a copy of the variant's folder, segmentation on the real masks)."""
     if name.endswith("_upper"):
         variant = name.removesuffix("_upper")
-        return variant, merge(VARIANTS[variant][1], UPPER)
-    return VARIANTS[name]
+        return variant, merge(VARIANTS[preset][variant][1], UPPER)
+    return VARIANTS[preset][name]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="*", default=RUNS, choices=RUNS, help="runs to run")
+    parser.add_argument("--preset", default="glas", choices=tuple(VARIANTS))
+    parser.add_argument("--runs", nargs="*", default=None, help="runs to run (default: all)")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
-    for name in args.runs:
-        seconds = run(name, *plan(name), args.cores)
+    chosen = runs(args.preset) if args.runs is None else args.runs
+    unknown = sorted(set(chosen) - set(runs(args.preset)))
+    if unknown:
+        parser.error(f"--runs {unknown}: not runs of --preset {args.preset}: {runs(args.preset)}")
+    for name in chosen:
+        seconds = run(args.preset, name, *plan(args.preset, name), args.cores)
         print(f"{name}: {seconds / 60:.1f} min", flush=True)
-    done = [folder(name) / "segmentation" / "evaluation.json" for name in VARIANTS]
-    names = [name for name, path in zip(VARIANTS, done, strict=True) if path.is_file()]
-    rows = {name: stage_rows(name, args.split) for name in names}
+    variants = VARIANTS[args.preset]
+    names = [
+        n for n in variants if (folder(args.preset, n) / "segmentation/evaluation.json").is_file()
+    ]
+    rows = {name: stage_rows(args.preset, name, args.split) for name in names}
     for stage in ("classifier", "pseudo-masks", "segmentation"):
-        print(f"\n{stage} ({args.split} positives; encoder initialisation per row)\n")
+        print(f"\n{stage} ({args.split} positives; {args.preset})\n")
         table = [{"variant": name, **rows[name][stage]} for name in names]
-        report(f"glas_ablation_{args.split}_{stage}", table, {"preset": str(PRESET)})
+        config = f"config/{args.preset}.yaml"
+        report(f"{args.preset}_ablation_{args.split}_{stage}", table, {"preset": config})
 
 
 if __name__ == "__main__":

@@ -1,20 +1,26 @@
-"""How well do the localisation signals at hand rank GlaS's malignant glands? (docs/results.md)
+"""How well do the localisation signals at hand rank GlaS's glands? (docs/results.md)
 
-Reads a finished GlaS run (default: the ablation's preset, ``results/glas_ablation_classifier``,
-made by ``python benchmarks/glas_ablation.py --runs classifier``) and scores, on the train and
-val positives only, each per-pixel signal against the real gland masks: the pixel ROC AUC and
-the IoU of its 0.3-quantile mask (the preset's pseudo-mask threshold), mean over images.
+Reads a finished run of a GlaS preset (``--preset glas``, malignant glands, default folder the
+ablation's ``results/glas_ablation_classifier``, made by ``python benchmarks/glas_ablation.py
+--runs classifier``; ``--preset glas_glands``, every gland, default folder
+``results/glas_glands_ablation_classifier``) and scores, on the train and val positives only,
+each per-pixel signal against the real masks: the pixel ROC AUC, and the IoU of its mask above
+the preset's pseudo-mask quantile (over the whole image, no tissue mask), mean over images.
 
 Signals: the run's CAMs (``cam``); Grad-CAM++ of the run's classifier averaged over input scales
-0.5, 1, 1.5 and 2 (``cam_multiscale``); the classifier's probability on sliding windows of its
-training patch size, stride a quarter of it (``window``); the distance of each layer3 feature
-to its 3 nearest features of the benign train images (``knn_to_benign``); hematoxylin density
-(scikit-image's HED deconvolution, Gaussian sigma 8 px: ``hematoxylin``); the trained
-segmentation network's probability (``segmentation``). Also the gland share per CAM decile, and
-what the tissue mask leaves out: the share of non-tissue pixels that are gland, and the preset's
-pseudo-mask recomputed on tissue masks whose holes up to N px are filled.
+0.5, 1, 1.5 and 2 (``cam_multiscale``); Grad-CAM++ of each window of the classifier's patch size
+(stride half of it), times the classifier's probability on it, averaged where windows overlap
+(``cam_windows``); the classifier's probability on sliding windows of its training patch size,
+stride a quarter of it (``window``); the distance of each layer3 feature to its 3 nearest
+features of the negative train images (``knn_to_negatives``; presets with negatives only);
+hematoxylin density (scikit-image's HED deconvolution, Gaussian sigma 8 px: ``hematoxylin``);
+the trained segmentation network's probability (``segmentation``). Also the mask's share per
+CAM decile, and what the tissue mask leaves out: the share of non-tissue pixels inside the
+mask; and the preset's pseudo-mask (IoU, and mIoU with the background) recomputed on tissue
+masks whose holes up to N px are filled, and with the image's negative patches (no tag; tags
+from masks) as background.
 
-    python benchmarks/glas_localisation.py [results/glas_ablation_classifier]
+    python benchmarks/glas_localisation.py [--preset glas] [run folder]
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ from histo_wsss.pseudo_masks import refine_params
 from histo_wsss.refine import refine
 
 SCALES = (0.5, 1.0, 1.5, 2.0)
-QUANTILE = 0.3
 HOLES = (64, 1024, 4096, 16384)
 
 
@@ -50,22 +55,49 @@ def one(folder: Path, pattern: str) -> Path:
     return path
 
 
-def quantile_iou(signal: np.ndarray, truth: np.ndarray) -> float:
-    mask = signal > np.quantile(signal, QUANTILE)
+def quantile_iou(signal: np.ndarray, truth: np.ndarray, quantile: float) -> float:
+    mask = signal > np.quantile(signal, quantile)
     return float((mask & truth).sum() / (mask | truth).sum())
+
+
+def fill(tissue: np.ndarray, area: int) -> np.ndarray:
+    """``tissue`` with its holes up to ``area`` px filled (``stain.tissue_hole_px``)."""
+    return morphology.remove_small_holes(tissue, max_size=area - 1)
+
+
+def ious(mask: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """IoU of ``mask`` against ``truth``, and the mean of that and the background's IoU."""
+    iou = (mask & truth).sum() / (mask | truth).sum()
+    background = (~mask & ~truth).sum() / (~mask | ~truth).sum()
+    return {"IoU": iou, "mIoU (with background)": (iou + background) / 2}
+
+
+def corners(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``size`` windows every ``stride`` px, the last at the border."""
+    starts = [sorted({*range(0, max(n - size, 0) + 1, stride), max(n - size, 0)}) for n in shape]
+    return [(y, z) for y in starts[0] for z in starts[1]]
+
+
+def overlap_mean(shape: tuple[int, int], size: int, at: list, values: list) -> np.ndarray:
+    """Per pixel, the mean of ``values`` (scalars or ``size`` maps) of the windows over it."""
+    total, count = np.zeros(shape), np.zeros(shape)
+    for (y, z), value in zip(at, values, strict=True):
+        total[y : y + size, z : z + size] += value
+        count[y : y + size, z : z + size] += 1
+    return total / count
 
 
 class Signals:
     """The per-pixel signals of one run; see the module docstring."""
 
-    def __init__(self, run: Path, split: pd.DataFrame, patch: int) -> None:
+    def __init__(self, run: Path, negatives: list[str], patch: int) -> None:
         self.run, self.patch = run, patch
         self.model = load_checkpoint(run / "classifier" / "model.pt")
         self.layer = resnet_target_layer(self.model, "layer3")
         self.features: torch.Tensor | None = None
         self.layer.register_forward_hook(lambda _m, _i, out: setattr(self, "features", out))
-        benign = split.index[(split["split"] == "train") & (split["label"] == "benign")]
-        self.bank = torch.cat([self.layer3(preprocess(self.image(n)[None]))[0] for n in benign])
+        feats = [self.layer3(preprocess(self.image(n)[None]))[0] for n in negatives]
+        self.bank = torch.cat(feats) if feats else None
 
     def image(self, name: str) -> np.ndarray:
         return read_rgb(one(self.run / "stain", f"images/{name}.png"))
@@ -84,44 +116,63 @@ class Signals:
             up(torch.from_numpy(compute_cams(self.model, [self.layer], xs, [0], "gradcam++")[0]))
             for xs in (F.interpolate(x, scale_factor=s, mode="bilinear") for s in SCALES)
         ]
-        feats, grid = self.layer3(x)
-        knn = torch.cdist(feats, self.bank).topk(3, largest=False).values.mean(1)
         probs = np.load(self.run / "segmentation" / "predictions" / "probs" / f"{name}.npy")
-        return {
+        signals = {
             "cam": np.load(one(self.run / "cam", f"cams/{name}.npy"))[0].astype(np.float32),
             "cam_multiscale": np.mean(cams, axis=0),
+            "cam_windows": self.cam_windows(x),
             "window": self.window(x),
-            "knn_to_benign": up(knn.reshape(grid)),
             "hematoxylin": ndimage.gaussian_filter(rgb2hed(rgb)[..., 0], 8),
             "segmentation": np.asarray(probs, np.float32).reshape(-1, *size)[0],
         }
+        if self.bank is not None:
+            feats, grid = self.layer3(x)
+            knn = torch.cdist(feats, self.bank).topk(3, largest=False).values.mean(1)
+            signals["knn_to_negatives"] = up(knn.reshape(grid))
+        return signals
+
+    def probabilities(self, crops: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(self.model(crops)[:, 0]).numpy()
 
     def window(self, x: torch.Tensor) -> np.ndarray:
         """Mean sigmoid probability of the classifier over the windows covering each pixel."""
-        (h, w), p = x.shape[2:], self.patch
-        starts = [sorted({*range(0, max(n - p, 0) + 1, p // 4), max(n - p, 0)}) for n in (h, w)]
-        corners = [(y, z) for y in starts[0] for z in starts[1]]
-        with torch.no_grad():
-            crops = torch.cat([x[:, :, y : y + p, z : z + p] for y, z in corners])
-            probs = torch.sigmoid(self.model(crops)[:, 0]).numpy()
-        total, count = np.zeros((h, w)), np.zeros((h, w))
-        for (y, z), prob in zip(corners, probs, strict=True):
-            total[y : y + p, z : z + p] += prob
-            count[y : y + p, z : z + p] += 1
-        return total / count
+        p = self.patch
+        at = corners(tuple(x.shape[2:]), p, p // 4)
+        crops = torch.cat([x[:, :, y : y + p, z : z + p] for y, z in at])
+        return overlap_mean(tuple(x.shape[2:]), p, at, list(self.probabilities(crops)))
+
+    def cam_windows(self, x: torch.Tensor) -> np.ndarray:
+        """Grad-CAM++ of each patch-size window (stride half of it) times the classifier's
+        probability on it, averaged where windows overlap: CAMs at the scale it learnt."""
+        p = self.patch
+        at = corners(tuple(x.shape[2:]), p, p // 2)
+        crops = torch.cat([x[:, :, y : y + p, z : z + p] for y, z in at])
+        maps = compute_cams(self.model, [self.layer], crops, [0] * len(at), "gradcam++")
+        weighted = [m * q for m, q in zip(maps, self.probabilities(crops), strict=True)]
+        return overlap_mean(tuple(x.shape[2:]), p, at, weighted)
+
+
+DEFAULT_RUN = {"glas": "glas_ablation_classifier", "glas_glands": "glas_glands_ablation_classifier"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", nargs="?", default=REPO / "results" / "glas_ablation_classifier")
-    run = Path(parser.parse_args().run)
+    parser.add_argument("--preset", default="glas", choices=tuple(DEFAULT_RUN))
+    parser.add_argument("run", nargs="?", help="results folder (default: the ablation's preset)")
+    args = parser.parse_args()
+    run = Path(args.run or REPO / "results" / DEFAULT_RUN[args.preset])
     torch.set_num_threads(1)
-    config = yaml.safe_load((REPO / "config" / "glas.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / f"{args.preset}.yaml").read_text())
+    positive = config["dataset"]["positive_class"]
     split = pd.read_csv(run / "split" / "split.csv").set_index("name")
-    signals = Signals(run, split, config["patches"]["size"])
+    negatives = split.index[(split["split"] == "train") & (split["label"] != positive)]
+    signals = Signals(run, list(negatives), config["patches"]["size"])
     params = refine_params(config["pseudo_masks"])
-    scores, deciles, holes = [], [], []
-    chosen = split[(split["split"] != "test") & (split["label"] == "malignant")]
+    quantile, size = params.quantile, config["patches"]["size"]
+    patches = pd.concat(map(pd.read_csv, sorted(run.glob("patches/shards/*/patches.csv"))))
+    scores, deciles, shares, masks = [], [], [], []
+    chosen = split[(split["split"] != "test") & (split["label"] == positive)]
     for name, row in chosen.iterrows():
         truth = read_mask(one(run / "truth", f"masks/{name}.png"))
         rgb = signals.image(name)
@@ -132,26 +183,38 @@ def main() -> None:
                     "split": row["split"],
                     "signal": signal,
                     "AUC": roc_auc_score(truth.ravel(), values.ravel()),
-                    f"IoU, {QUANTILE} quantile": quantile_iou(values, truth),
+                    f"IoU, {quantile} quantile": quantile_iou(values, truth, quantile),
                 }
             )
         ranks = maps["cam"].ravel().argsort().argsort() * 10 // truth.size
         for d in range(10):
             share = truth.ravel()[ranks == d].mean()
-            deciles.append({"split": row["split"], "decile": d, "gland": share})
+            deciles.append({"split": row["split"], "decile": d, "in mask": share})
         tissue = read_mask(one(run / "stain", f"tissue/{name}.png"))
         record = {"split": row["split"], "non-tissue share": 1 - tissue.mean()}
-        record["gland share of non-tissue"] = truth[~tissue].mean() if (~tissue).any() else np.nan
-        for area in HOLES:
-            filled = morphology.remove_small_holes(tissue, max_size=area - 1)
-            mask = refine(rgb, maps["cam"][None], [0], params, filled)[params.final_step] > 0
-            record[f"IoU, holes <= {area} px filled"] = (mask & truth).sum() / (mask | truth).sum()
-        holes.append(record)
+        record["mask share of non-tissue"] = truth[~tissue].mean() if (~tissue).any() else np.nan
+        shares.append(record)
+        # the image's negative patches (tags from masks: no class) are background for certain
+        outside = np.ones_like(tissue)
+        for _, patch in patches[
+            (patches["source"] == name) & (patches["positive"] == 0)
+        ].iterrows():
+            outside[patch["y"] : patch["y"] + size, patch["x"] : patch["x"] + size] = False
+        regions = {f"holes <= {a} px filled": fill(tissue, a) for a in HOLES}
+        regions["negative patches background"] = tissue & outside
+        for region, inside in regions.items():
+            mask = refine(rgb, maps["cam"][None], [0], params, inside)[params.final_step] > 0
+            masks.append({"split": row["split"], "pseudo-mask tissue": region, **ious(mask, truth)})
     notes = {"run": str(run), "positives": chosen["split"].value_counts().to_dict()}
     tables = {
-        "glas_localisation": pd.DataFrame(scores).groupby(["signal", "split"]).mean(),
-        "glas_localisation_deciles": pd.DataFrame(deciles).pivot_table("gland", "split", "decile"),
-        "glas_localisation_tissue": pd.DataFrame(holes).groupby("split").mean(),
+        f"{args.preset}_localisation": pd.DataFrame(scores).groupby(["signal", "split"]).mean(),
+        f"{args.preset}_localisation_deciles": pd.DataFrame(deciles).pivot_table(
+            "in mask", "split", "decile"
+        ),
+        f"{args.preset}_localisation_tissue": pd.DataFrame(shares).groupby("split").mean(),
+        f"{args.preset}_localisation_pseudo_masks": pd.DataFrame(masks)
+        .groupby(["pseudo-mask tissue", "split"], sort=False)
+        .mean(),
     }
     for name, table in tables.items():
         table.columns = [str(c) for c in table.columns]
