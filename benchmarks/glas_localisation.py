@@ -17,8 +17,8 @@ hematoxylin density (scikit-image's HED deconvolution, Gaussian sigma 8 px: ``he
 the trained segmentation network's probability (``segmentation``). Also the mask's share per
 CAM decile, and what the tissue mask leaves out: the share of non-tissue pixels inside the
 mask; and the preset's pseudo-mask (IoU, and mIoU with the background) recomputed on tissue
-masks whose holes up to N px are filled, and with the image's negative patches (no tag; tags
-from masks) as background.
+masks whose holes smaller than N px are filled (``tissue_hole_px: N``), and with the image's
+negative patches (no tag; tags from masks) as background.
 
     python benchmarks/glas_localisation.py [--preset glas] [run folder]
 """
@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from scipy import ndimage
-from skimage import morphology
 from skimage.color import rgb2hed
 from sklearn.metrics import roc_auc_score
 
@@ -44,6 +43,7 @@ from histo_wsss.classifier import load_checkpoint, preprocess
 from histo_wsss.io import read_mask, read_rgb
 from histo_wsss.pseudo_masks import refine_params
 from histo_wsss.refine import refine
+from histo_wsss.stain import fill_holes
 
 SCALES = (0.5, 1.0, 1.5, 2.0)
 HOLES = (64, 1024, 4096, 16384)
@@ -58,11 +58,6 @@ def one(folder: Path, pattern: str) -> Path:
 def quantile_iou(signal: np.ndarray, truth: np.ndarray, quantile: float) -> float:
     mask = signal > np.quantile(signal, quantile)
     return float((mask & truth).sum() / (mask | truth).sum())
-
-
-def fill(tissue: np.ndarray, area: int) -> np.ndarray:
-    """``tissue`` with its holes up to ``area`` px filled (``stain.tissue_hole_px``)."""
-    return morphology.remove_small_holes(tissue, max_size=area - 1)
 
 
 def ious(mask: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -135,22 +130,24 @@ class Signals:
         with torch.no_grad():
             return torch.sigmoid(self.model(crops)[:, 0]).numpy()
 
+    def windows(self, x: torch.Tensor, stride: int) -> tuple[list, torch.Tensor]:
+        """The corners of ``x``'s patch-size windows every ``stride`` px, and the windows."""
+        p = self.patch
+        at = corners(tuple(x.shape[2:]), p, stride)
+        return at, torch.cat([x[:, :, y : y + p, z : z + p] for y, z in at])
+
     def window(self, x: torch.Tensor) -> np.ndarray:
         """Mean sigmoid probability of the classifier over the windows covering each pixel."""
-        p = self.patch
-        at = corners(tuple(x.shape[2:]), p, p // 4)
-        crops = torch.cat([x[:, :, y : y + p, z : z + p] for y, z in at])
-        return overlap_mean(tuple(x.shape[2:]), p, at, list(self.probabilities(crops)))
+        at, crops = self.windows(x, self.patch // 4)
+        return overlap_mean(tuple(x.shape[2:]), self.patch, at, list(self.probabilities(crops)))
 
     def cam_windows(self, x: torch.Tensor) -> np.ndarray:
         """Grad-CAM++ of each patch-size window (stride half of it) times the classifier's
         probability on it, averaged where windows overlap: CAMs at the scale it learnt."""
-        p = self.patch
-        at = corners(tuple(x.shape[2:]), p, p // 2)
-        crops = torch.cat([x[:, :, y : y + p, z : z + p] for y, z in at])
+        at, crops = self.windows(x, self.patch // 2)
         maps = compute_cams(self.model, [self.layer], crops, [0] * len(at), "gradcam++")
         weighted = [m * q for m, q in zip(maps, self.probabilities(crops), strict=True)]
-        return overlap_mean(tuple(x.shape[2:]), p, at, weighted)
+        return overlap_mean(tuple(x.shape[2:]), self.patch, at, weighted)
 
 
 DEFAULT_RUN = {"glas": "glas_ablation_classifier", "glas_glands": "glas_glands_ablation_classifier"}
@@ -167,10 +164,12 @@ def main() -> None:
     positive = config["dataset"]["positive_class"]
     split = pd.read_csv(run / "split" / "split.csv").set_index("name")
     negatives = split.index[(split["split"] == "train") & (split["label"] != positive)]
-    signals = Signals(run, list(negatives), config["patches"]["size"])
+    size = config["patches"]["size"]
+    signals = Signals(run, list(negatives), size)
     params = refine_params(config["pseudo_masks"])
-    quantile, size = params.quantile, config["patches"]["size"]
+    quantile = params.quantile
     patches = pd.concat(map(pd.read_csv, sorted(run.glob("patches/shards/*/patches.csv"))))
+    negative_patches = dict(list(patches[patches["positive"] == 0].groupby("source")))
     scores, deciles, shares, masks = [], [], [], []
     chosen = split[(split["split"] != "test") & (split["label"] == positive)]
     for name, row in chosen.iterrows():
@@ -196,11 +195,9 @@ def main() -> None:
         shares.append(record)
         # the image's negative patches (tags from masks: no class) are background for certain
         outside = np.ones_like(tissue)
-        for _, patch in patches[
-            (patches["source"] == name) & (patches["positive"] == 0)
-        ].iterrows():
-            outside[patch["y"] : patch["y"] + size, patch["x"] : patch["x"] + size] = False
-        regions = {f"holes <= {a} px filled": fill(tissue, a) for a in HOLES}
+        for y, x in negative_patches.get(name, patches.iloc[:0])[["y", "x"]].itertuples(False):
+            outside[y : y + size, x : x + size] = False
+        regions = {f"tissue_hole_px: {a}": fill_holes(tissue, a) for a in HOLES}
         regions["negative patches background"] = tissue & outside
         for region, inside in regions.items():
             mask = refine(rgb, maps["cam"][None], [0], params, inside)[params.final_step] > 0

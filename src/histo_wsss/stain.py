@@ -94,7 +94,13 @@ def tissue_mask(rgb: np.ndarray, params: StainParams = StainParams()) -> np.ndar
     value, saturation = value_saturation(rgb)
     background = (value > params.luminance_threshold) & (saturation < params.saturation_threshold)
     tissue = morphology.remove_small_objects(~background, max_size=params.min_tissue_px - 1)
-    return morphology.remove_small_holes(tissue, max_size=params.tissue_hole_px - 1)
+    return fill_holes(tissue, params.tissue_hole_px)
+
+
+def fill_holes(tissue: np.ndarray, hole_px: int) -> np.ndarray:
+    """``tissue`` with the holes it encloses that are smaller than ``hole_px`` pixels filled
+    (``stain.tissue_hole_px``)."""
+    return morphology.remove_small_holes(tissue, max_size=hole_px - 1)
 
 
 MACENKO_ERRORS = (ValueError, ArithmeticError, IndexError, np.linalg.LinAlgError, RuntimeWarning)
