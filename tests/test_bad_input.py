@@ -144,6 +144,25 @@ CASES = {
         None,
         "pseudo_masks: background_quantile must be in (0, quantile = 0.5), got 0.6",
     ),
+    "window stride wider than its window": (
+        FOLDER,
+        {"cam": {"window_size": 32, "window_stride": 48}},
+        None,
+        "cam.window_stride (48) needs a cam.window_size at least as large (got 32)",
+    ),
+    "untagged patches background with tags from the labels": (
+        MASKS,
+        {"pseudo_masks": {"negative_patches_background": True}},
+        None,
+        "pseudo_masks.negative_patches_background needs patches.tags: mask",
+    ),
+    "untagged patches background without masks": (
+        FOLDER,
+        {"pseudo_masks": {"negative_patches_background": True}, "patches": {"tags": "mask"}},
+        None,
+        "pseudo_masks.negative_patches_background tags patches from the real masks, and the "
+        "dataset has none",
+    ),
     "braces in a config path": (
         {**FOLDER, "images": "data/im{x}"},
         {},

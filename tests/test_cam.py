@@ -15,10 +15,12 @@ from histo_wsss.cam import (
     peak_hits,
     resnet_target_layer,
     save_cams,
+    window_cams,
 )
 from histo_wsss.classes import LabelSpace
 from histo_wsss.classifier import preprocess
 from histo_wsss.io import read_rgb, write_png
+from histo_wsss.patches import grid
 
 SQUARE = 16
 
@@ -480,6 +482,57 @@ def test_save_cams_maps_each_tag_of_an_image(tmp_path, resnet3):
         assert len({cams[k].tobytes() for k, c in enumerate(CLASSES) if c in image_tags}) == len(
             image_tags
         )  # each tag's own map
+
+
+def test_window_cams_weigh_each_windows_cam_by_its_probability(tmp_path, resnet3):
+    """K = 3, a 96 x 128 image, 64-px windows every 32 px (layer3): each tag's map is the mean,
+    where windows overlap, of every window's CAM (as computed alone on the crop) times the
+    sigmoid of that class's logit on the crop, min-max normalised; the windows' batching changes
+    nothing, and one window larger than the image is the whole image's CAM."""
+    paths = _write_images(tmp_path, {"c": (96, 128)})
+    rgb = read_rgb(paths["c"])
+    tags = [0, 2]
+    cfg = {**CAM_CFG, "method": "gradcam++", "window_size": 64, "window_stride": 32}
+    cfg["layers"] = ["layer3"]
+    cpu = torch.device("cpu")
+    items = [("c", paths["c"], [CLASSES[k] for k in tags])]
+    save_cams(resnet3, items, tmp_path / "win", {**cfg, "batch_size": 3}, cpu, CLASSES)
+    saved = np.load(tmp_path / "win" / "c.npy").astype(np.float32)
+    assert not saved[1].any()
+    x = preprocess(rgb)
+    layer = [resnet3.layer3[-1]]
+    total, count = np.zeros((2, 96, 128)), np.zeros((96, 128))
+    for y in grid(96, 64, 32):
+        for z in grid(128, 64, 32):
+            crop = x[None, :, y : y + 64, z : z + 64]
+            with torch.no_grad():
+                prob = torch.sigmoid(resnet3(crop))[0, tags].numpy()
+            cams = compute_cams(resnet3, layer, crop, tags, "gradcam++", image_of=[0, 0])
+            total[:, y : y + 64, z : z + 64] += cams * prob[:, None, None]
+            count[y : y + 64, z : z + 64] += 1
+    expected = total / count
+    lo = expected.min(axis=(1, 2), keepdims=True)
+    expected = (expected - lo) / (expected.max(axis=(1, 2), keepdims=True) - lo)
+    np.testing.assert_allclose(saved[tags], expected, atol=2e-3)
+    one_by_one = window_cams(resnet3, layer, rgb, tags, 64, 32, {**cfg, "batch_size": 1}, "c")
+    np.testing.assert_allclose(one_by_one, saved[tags], atol=2e-3)
+    whole = window_cams(resnet3, layer, rgb, tags, 160, 160, cfg, "c")
+    alone = compute_cams(resnet3, layer, x[None], tags, "gradcam++", image_of=[0, 0])
+    np.testing.assert_allclose(whole, alone, atol=1e-5)
+    with pytest.raises(ValueError, match=r"window stride must be in \[1, window size = 64\]"):
+        window_cams(resnet3, layer, rgb, tags, 64, 65, cfg, "c")
+
+
+def test_smooth_window_cams_are_seeded_per_window(tmp_path, resnet):
+    """Smooth Grad-CAM++ in windows: the same seed gives the same maps, another seed others."""
+    paths = _write_images(tmp_path, {"a": (128, 128)})
+    cfg = {**CAM_CFG, "window_size": 64, "window_stride": 64}
+    layer = [resnet.layer3[-1]]
+    rgb = read_rgb(paths["a"])
+    first = window_cams(resnet, layer, rgb, [0], 64, 64, cfg, "a")
+    assert np.array_equal(first, window_cams(resnet, layer, rgb, [0], 64, 64, cfg, "a"))
+    other = window_cams(resnet, layer, rgb, [0], 64, 64, {**cfg, "seed": 4}, "a")
+    assert not np.allclose(first, other)
 
 
 def test_the_cam_is_constant_across_each_border_strip_of_half_a_feature_cell(resnet):

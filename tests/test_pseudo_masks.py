@@ -1,5 +1,7 @@
 """Pseudo-masks for a shard of real (demo) images, their quality table, and the steps figure."""
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -8,15 +10,17 @@ import pytest
 from histo_wsss.classes import IGNORE, LabelSpace
 from histo_wsss.demo import DemoSpec, render
 from histo_wsss.figures import pick_examples, pseudo_mask_steps
-from histo_wsss.io import read_mask, write_csv, write_png
+from histo_wsss.io import read_mask, read_rgb, write_csv, write_png
+from histo_wsss.patches import PatchParams, cut
 from histo_wsss.pseudo_masks import (
     Item,
     class_scores,
     load_cams,
+    negative_patch_boxes,
     quality_summary,
     refine_images,
 )
-from histo_wsss.refine import STEPS, RefineParams
+from histo_wsss.refine import STEPS, RefineParams, refine
 from histo_wsss.stain import tissue_mask
 
 SPEC = DemoSpec(n_images=8, size=128, seed=5)
@@ -99,6 +103,36 @@ def test_an_unlabelled_band_is_stored_and_left_out_of_the_scores(shard, tmp_path
         for name, t in (("band", table), ("plain", plain))
     }
     assert false_omission["band"] < false_omission["plain"]
+
+
+def test_untagged_patches_are_background_and_out_of_the_threshold(shard, tmp_path):
+    """Patches tagged from the real mask (32 px): the untagged ones are background in every
+    step, and the threshold's quantile is taken over the rest of the tissue, exactly as the
+    refinement of the tissue mask without them; the boxes come from the patch table."""
+    root, items, plain, _ = shard
+    item = items[0]
+    rgb = read_rgb(item.image)
+    truth = read_mask(item.truth)
+    params = PatchParams(size=32, stride=32, tags="mask")
+    rows = [row for row, _ in cut(item.name, rgb, "", params, BINARY, truth.astype(np.uint8))]
+    boxes = negative_patch_boxes(pd.DataFrame(rows), 32)
+    assert set(boxes) == {item.name}
+    negative = np.zeros(truth.shape, bool)
+    for y, x, h, w in boxes[item.name]:
+        negative[y : y + h, x : x + w] = True
+    assert negative.any() and not negative.all()
+    assert (truth[negative].mean() < 0.05) and truth[~negative].mean() > truth.mean()
+    with_boxes = Item(*dataclasses.astuple(item)[:-1], boxes[item.name])
+    table, _ = refine_images([with_boxes], RefineParams(), tmp_path, True, BINARY)
+    tissue = read_mask(item.tissue) & ~negative
+    cams = load_cams(item.cam, truth.shape, 1)
+    expected = refine(rgb, cams, item.tags, RefineParams(), tissue)
+    for step in STEPS:
+        labels = BINARY.read_labels(tmp_path / "steps" / step / f"{item.name}.png")
+        assert np.array_equal(labels, expected[step]), step
+        assert not labels[negative].any(), step
+    # the blurred CAM spills into the untagged patches: keeping it out removes false positives
+    assert table["threshold_fp"].iloc[0] < plain["threshold_fp"].iloc[0]
 
 
 def test_an_empty_shard_writes_readable_tables(tmp_path):

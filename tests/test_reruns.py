@@ -9,10 +9,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from workflow_runner import REPO, SNAKEMAKE, TINY, planned_jobs, snakemake
 
+from histo_wsss.io import read_mask
 from histo_wsss.shards import shard_of
 
 pytestmark = pytest.mark.integration
@@ -81,10 +83,55 @@ def test_a_segmentation_parameter_reruns_segmentation_and_after(tiny_run):
     assert planned_jobs(tiny_run, config) == SEGMENTATION_AND_AFTER
 
 
-def test_a_cam_parameter_keeps_the_classifier(tiny_run):
-    config = _with("cam", noise_sigma=0.2)
+@pytest.mark.parametrize("change", [{"noise_sigma": 0.2}, {"window_size": 48}])
+def test_a_cam_parameter_keeps_the_classifier(tiny_run, change):
+    config = _with("cam", **change)
     cams = {"cams": TINY["cam"]["shards"], "cam_summary": 1}
     assert planned_jobs(tiny_run, config) == {**cams, **PSEUDO_MASKS_AND_AFTER}
+
+
+# The demo's patches tagged from its masks, for the pseudo-masks only (the classifier keeps
+# training on whole images).
+MASK_PATCHES = {**TINY, "patches": {"size": 32, "stride": 32, "tags": "mask"}}
+UNTAGGED_BACKGROUND = {
+    **MASK_PATCHES,
+    "pseudo_masks": {**TINY["pseudo_masks"], "negative_patches_background": True},
+}
+
+
+def test_untagged_patches_as_background_add_the_patches_to_the_pseudo_masks(tiny_run):
+    """Off, the patches are in no job's inputs: their keys rerun nothing. On, the patches are
+    cut (one job per stain shard) and the pseudo-masks and what follows are made again."""
+    assert planned_jobs(tiny_run, MASK_PATCHES) == {}
+    expected = {"patches": TINY["stain"]["shards"], **PSEUDO_MASKS_AND_AFTER}
+    assert planned_jobs(tiny_run, UNTAGGED_BACKGROUND) == expected
+
+
+def test_window_cams_and_untagged_patches_run_on_the_demo(tiny_run, tmp_path):
+    """The tiny run copied and its CAMs and pseudo-masks made again with 48-px window CAMs and
+    the untagged 32-px patches as background: every train and val pseudo-mask is background in
+    its untagged patches, and the CAMs differ from the whole-image ones."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    config = {**UNTAGGED_BACKGROUND, "cam": {**TINY["cam"], "window_size": 48}}
+    snakemake(workdir, "--cores", "2", "results/pseudo_masks/quality.csv", config=config)
+    results = workdir / "results"
+    patches = pd.concat(pd.read_csv(f) for f in results.glob("patches/shards/*/patches.csv"))
+    assert set(patches["split"]) == {"train", "val"} and 0 < patches["positive"].mean() < 1
+    checked = 0
+    for row in patches[patches["positive"] == 0].itertuples():
+        (path,) = results.glob(f"pseudo_masks/shards/*/masks/{row.source}.png")
+        assert not read_mask(path)[row.y : row.y + 32, row.x : row.x + 32].any(), row.name
+        checked += 1
+    assert checked == (patches["positive"] == 0).sum() > 0
+    logs = "".join(p.read_text() for p in results.glob("logs/pseudo_masks/*.log"))
+    assert f"{checked} negative patches of" in logs
+    logs = "".join(p.read_text() for p in results.glob("logs/cams/*.log"))
+    assert "CAMs (smoothgradcam++ in 48-px windows) of" in logs
+    cams = sorted(results.glob("cam/shards/*/cams/*.npy"))
+    assert cams and not any(
+        np.array_equal(np.load(new), np.load(tiny_run / new.relative_to(workdir))) for new in cams
+    )
 
 
 def test_a_correction_reruns_only_the_segmentation_and_after(tiny_run):

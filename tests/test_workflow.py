@@ -1,6 +1,7 @@
 """The real Snakefile, run by snakemake on a tiny demo dataset."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -209,6 +210,13 @@ def test_the_pseudo_mask_steps_caption_names_the_configured_final_step(report):
     final = TINY.get("pseudo_masks", {}).get("final_step", final["final_step"])
     [caption] = [i["caption"] for p, i in report.items() if p.endswith("pseudo_mask_steps.png")]
     assert f"the mask after <strong>{final}</strong>" in caption
+
+
+def test_the_reports_description_names_the_configured_cam_method(run, report):
+    method = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["cam"]["method"]
+    text = (run / "report.html").read_text()
+    described = r"class activation maps of the ground-truth class(\s|\\n)+\(" + re.escape(method)
+    assert re.search(described + r"\)", text)  # whole images: no window named
 
 
 def test_the_report_carries_the_stylesheet_that_shows_tall_figures_from_their_top(run, report):

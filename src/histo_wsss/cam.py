@@ -59,6 +59,10 @@ forward and backward per pair. A batch of ``N`` images costs
 (default 1: memory of one batch), plus one gradient-free pass of the clean images (skipped with
 ``smooth_activations=True``). The weights' ``requires_grad`` is off meanwhile: frozen models
 work, and no weight gradients are computed or left in ``.grad``.
+
+Window CAMs (:func:`window_cams`, ``cam.window_size``): any of the methods above on each
+window of an image, weighted by the classifier's probability on the window and averaged where
+windows overlap, for a classifier that learnt from patches of that size.
 """
 
 from __future__ import annotations
@@ -80,12 +84,14 @@ from histo_wsss.classes import LabelSpace
 from histo_wsss.classifier import preprocess
 from histo_wsss.io import atomic_path, read_rgb
 from histo_wsss.logs import progress
+from histo_wsss.patches import grid
 
 __all__ = [
     "CAM_METHODS",
     "SmoothGradCAMPlusPlus",
     "compute_cams",
     "save_cams",
+    "window_cams",
     "RESNET_LAYERS",
     "resnet_target_layer",
 ]
@@ -382,6 +388,83 @@ def image_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
+def _cam_kwargs(cfg: dict) -> dict:
+    """:func:`compute_cams` settings of a ``cam`` config section."""
+    keys = ("method", "n_samples", "noise_sigma", "smooth_activations")
+    return {key: cfg[key] for key in keys}
+
+
+def window_cams(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    image: np.ndarray,
+    classes: Sequence[int],
+    size: int,
+    stride: int,
+    cfg: dict,
+    name: str,
+) -> np.ndarray:
+    """Window CAMs of one image: the CAM of each ``size`` x ``size`` window (every ``stride``
+    px, the last at the border; :func:`histo_wsss.patches.grid`) for each of ``classes``,
+    times the classifier's sigmoid probability of that class on the window, averaged where
+    windows overlap, then min-max normalised per class (as :func:`compute_cams`).
+
+    Why: a classifier trained on patches (``classifier.train_on: patches``) has seen only
+    patch-size inputs; on a whole image one map must share its [0, 1] range between every
+    object, while per window it ranks within the window and the probability says whether the
+    window holds the class at all (docs/results.md, the gland protocol). A side shorter than
+    ``size`` is one window of that side. ``cfg`` is the ``cam`` section: ``batch_size``
+    windows share a pass; Smooth Grad-CAM++'s noise of a window is seeded from ``cfg["seed"]``,
+    the image's ``name`` and the window's corner. Returns ``(len(classes), H, W)`` float32.
+    """
+    if not 1 <= stride <= size:
+        raise ValueError(f"window stride must be in [1, window size = {size}], got {stride}")
+    height, width = image.shape[:2]
+    side = (min(size, height), min(size, width))
+    corners = [(y, x) for y in grid(height, side[0], stride) for x in grid(width, side[1], stride)]
+    x_image = preprocess(image)
+    device = next(model.parameters()).device
+    total = np.zeros((len(classes), height, width))
+    count = np.zeros((height, width))
+    step = cfg["batch_size"]
+    for start in range(0, len(corners), step):
+        at = corners[start : start + step]
+        crops = torch.stack([x_image[:, y : y + side[0], x : x + side[1]] for y, x in at])
+        with torch.no_grad():
+            probs = torch.sigmoid(model(crops.to(device))[:, list(classes)]).cpu().numpy()
+        maps = compute_cams(
+            model,
+            layers,
+            crops,
+            [k for _ in at for k in classes],
+            seed=[image_seed(cfg["seed"], f"{name}_y{y}_x{x}") for y, x in at],
+            image_of=[i for i in range(len(at)) for _ in classes],
+            **_cam_kwargs(cfg),
+        ).reshape(len(at), len(classes), *side)
+        for (y, x), window, prob in zip(at, maps, probs, strict=True):
+            total[:, y : y + side[0], x : x + side[1]] += window * prob[:, None, None]
+            count[y : y + side[0], x : x + side[1]] += 1
+    return _minmax(total / count)
+
+
+def _image_cams(model, layers, tagged, cfg):
+    """``(name, image, tags, maps)`` of whole images, batched by size (:func:`save_cams`)."""
+    for batch in same_size_runs(tagged, cfg["batch_size"], lambda item: item[1].shape):
+        names, images, targets = zip(*batch, strict=True)
+        maps = compute_cams(
+            model,
+            layers,
+            preprocess(np.stack(images)),
+            [k for tags in targets for k in tags],
+            seed=[image_seed(cfg["seed"], n) for n in names],
+            image_of=[i for i, tags in enumerate(targets) for _ in tags],
+            **_cam_kwargs(cfg),
+        )
+        for name, image, tags in batch:
+            yield name, image, tags, maps[: len(tags)]
+            maps = maps[len(tags) :]
+
+
 def save_cams(
     model: nn.Module,
     items: Sequence[tuple[str, str, Sequence[str]]],
@@ -395,17 +478,20 @@ def save_cams(
     classes not in the tags).
 
     ``cfg`` is the ``cam`` config section (``layers``: the ResNet stages whose maps are
-    averaged, ``["layer4"]`` when absent, in any order). Every image is read and mapped at its
-    own size; consecutive images of one size share a batch of up to ``cfg["batch_size"]``
-    images, each with all its tags (:func:`compute_cams` shares an image's forward passes
-    between its tags) and its noise seed (:func:`image_seed`); an item without tags gets no
-    file. Returns one row per (image, tag): name, class and the peak's row and column.
+    averaged, ``["layer4"]`` when absent, in any order; ``window_size``: when set, window CAMs,
+    :func:`window_cams`, with ``window_stride``, half the size when null). Every image is read
+    and mapped at its own size; without windows, consecutive images of one size share a batch
+    of up to ``cfg["batch_size"]`` images, each with all its tags (:func:`compute_cams` shares
+    an image's forward passes between its tags) and its noise seed (:func:`image_seed`); an
+    item without tags gets no file. Returns one row per (image, tag): name, class and the
+    peak's row and column.
     """
     model.to(device).eval()
     stages = {name: resnet_target_layer(model, name) for name in cfg.get("layers", ["layer4"])}
     layers = [stages[name] for name in RESNET_LAYERS if name in stages]  # forward order
     index = {c: k for k, c in enumerate(classes)}
     out_dir = Path(out_dir)
+    size = cfg.get("window_size")
     rows = []
 
     def tagged():
@@ -413,30 +499,22 @@ def save_cams(
             if tags:
                 yield name, read_rgb(path), [index[tag] for tag in tags]
 
-    for batch in same_size_runs(tagged(), cfg["batch_size"], lambda item: item[1].shape):
-        names, images, targets = zip(*batch, strict=True)
-        image_of = [i for i, tags in enumerate(targets) for _ in tags]
-        maps = compute_cams(
-            model,
-            layers,
-            preprocess(np.stack(images)),
-            [k for tags in targets for k in tags],
-            method=cfg["method"],
-            n_samples=cfg["n_samples"],
-            noise_sigma=cfg["noise_sigma"],
-            seed=[image_seed(cfg["seed"], n) for n in names],
-            smooth_activations=cfg["smooth_activations"],
-            image_of=image_of,
+    if size:
+        stride = cfg.get("window_stride") or max(1, size // 2)
+        mapped = (
+            (name, image, tags, window_cams(model, layers, image, tags, size, stride, cfg, name))
+            for name, image, tags in tagged()
         )
-        maps = iter(maps)
-        for name, image, tags in batch:
-            stack = np.zeros((len(classes), *image.shape[:2]), np.float16)
-            for k in tags:
-                stack[k] = cam = next(maps)
-                row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
-                rows.append({"name": name, "class": classes[k], "peak_row": row, "peak_col": col})
-            with atomic_path(out_dir / f"{name}.npy") as tmp:
-                np.save(tmp, stack)
+    else:
+        mapped = _image_cams(model, layers, tagged(), cfg)
+    for name, image, tags, maps in mapped:
+        stack = np.zeros((len(classes), *image.shape[:2]), np.float16)
+        for k, cam in zip(tags, maps, strict=True):
+            stack[k] = cam
+            row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+            rows.append({"name": name, "class": classes[k], "peak_row": row, "peak_col": col})
+        with atomic_path(out_dir / f"{name}.npy") as tmp:
+            np.save(tmp, stack)
     return pd.DataFrame(rows, columns=PEAK_COLUMNS)
 
 

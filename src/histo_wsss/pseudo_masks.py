@@ -46,7 +46,7 @@ from histo_wsss.refine import STEPS, RefineParams, empty_steps, refine
 from histo_wsss.splits import SPLITS
 
 COUNTS = ("tp", "fp", "fn", "tn")
-WORKFLOW_KEYS = ("save_steps", "shards")
+WORKFLOW_KEYS = ("save_steps", "shards", "negative_patches_background")
 """Keys of the ``pseudo_masks`` config section that the workflow reads, not the refinement."""
 CLASS_SCORES = ("iou", "dice", "precision", "recall")
 
@@ -54,7 +54,9 @@ CLASS_SCORES = ("iou", "dice", "precision", "recall")
 @dataclass(frozen=True)
 class Item:
     """One image's inputs to the refinement: ``tags`` are the indices of its classes (empty:
-    no CAM is read, the masks are background); ``truth`` is empty without a real mask."""
+    no CAM is read, the masks are background); ``truth`` is empty without a real mask;
+    ``background`` holds ``(y, x, height, width)`` boxes known to hold no class (its patches
+    without a tag, :func:`negative_patch_boxes`), left out of the tissue the refinement uses."""
 
     name: str
     image: str
@@ -62,6 +64,21 @@ class Item:
     cam: str
     tags: tuple[int, ...]
     truth: str = ""
+    background: tuple[tuple[int, int, int, int], ...] = ()
+
+
+def negative_patch_boxes(
+    patches: pd.DataFrame, size: int
+) -> dict[str, tuple[tuple[int, int, int, int], ...]]:
+    """``{source image: boxes}`` of the patches without a tag in a patch table
+    (:data:`histo_wsss.patches.COLUMNS`) of ``size`` px patches. With tags from the real masks
+    (``patches.tags: mask``) such a patch holds less than ``min_share`` of any class: the
+    protocol's own supervision says it is background (``negative_patches_background``)."""
+    negative = patches[patches["positive"] == 0]
+    return {
+        source: tuple((int(y), int(x), size, size) for y, x in rows[["y", "x"]].to_numpy())
+        for source, rows in negative.groupby("source", sort=False)
+    }
 
 
 def refine_params(section: Mapping) -> RefineParams:
@@ -105,7 +122,10 @@ def refine_images(
         start = time.perf_counter()
         if item.tags:
             cams = load_cams(item.cam, rgb.shape[:2], space.k)
-            steps = refine(rgb, cams, item.tags, params, read_mask(item.tissue))
+            tissue = read_mask(item.tissue)
+            for y, x, height, width in item.background:
+                tissue[y : y + height, x : x + width] = False
+            steps = refine(rgb, cams, item.tags, params, tissue)
         else:
             steps = empty_steps(rgb.shape[:2])
         row = {"name": item.name, "positive": int(bool(item.tags))}

@@ -465,6 +465,25 @@ if TRAIN_ON_PATCHES and config["patches"]["tags"] == "mask" and not HAS_MASKS:
     )
 
 
+NEGATIVE_PATCHES = config["pseudo_masks"]["negative_patches_background"]
+if NEGATIVE_PATCHES and config["patches"]["tags"] != "mask":
+    raise WorkflowError(
+        "pseudo_masks.negative_patches_background needs patches.tags: mask (with tags from the "
+        "image labels a patch without a tag is a negative image, background already)"
+    )
+if NEGATIVE_PATCHES and not HAS_MASKS:
+    raise WorkflowError(
+        "pseudo_masks.negative_patches_background tags patches from the real masks, and the "
+        "dataset has none: set dataset.masks, or set it to false"
+    )
+WINDOW = config["cam"]["window_size"], config["cam"]["window_stride"]
+if WINDOW[1] is not None and (WINDOW[0] is None or WINDOW[1] > WINDOW[0]):
+    raise WorkflowError(
+        f"cam.window_stride ({WINDOW[1]}) needs a cam.window_size at least as large "
+        f"(got {WINDOW[0]})"
+    )
+
+
 def patch_shards():
     """The patch folders the classifier trains on (`classifier.train_on: patches`), one per
     stain shard; none when it trains on whole images."""

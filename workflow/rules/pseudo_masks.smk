@@ -1,4 +1,5 @@
-"""CAM -> pseudo-mask refinement in parallel shards, and the masks' quality."""
+"""CAM -> pseudo-mask refinement in parallel shards (with the untagged patches of their images
+where those are background), and the masks' quality."""
 
 
 rule pseudo_masks:
@@ -7,6 +8,7 @@ rule pseudo_masks:
         cams=upstream_shards("pseudo_masks", "cam"),
         stain=upstream_shards("pseudo_masks", "stain"),
         truth=upstream_shards("pseudo_masks", "truth") if HAS_MASKS else [],
+        patches=upstream_shards("pseudo_masks", "patches") if NEGATIVE_PATCHES else [],
     output:
         directory(f"{RESULTS}/pseudo_masks/shards/{{shard}}"),
     log:
@@ -26,6 +28,7 @@ rule pseudo_masks:
         masks=truth_masks("pseudo_masks"),
         labels=LABELS,
         refine=config["pseudo_masks"],
+        patch_size=config["patches"]["size"] if NEGATIVE_PATCHES else None,
     script:
         "../scripts/pseudo_masks.py"
 

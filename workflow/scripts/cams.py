@@ -27,6 +27,8 @@ with job_log(snakemake.log[0]) as log, gpu_slot():
     with atomic_dir(snakemake.output[0]) as out:
         peaks = save_cams(model, items, out / "cams", cfg, device, space.classes)
         write_csv(out / "peaks.csv", peaks)
+    windows = f" in {cfg['window_size']}-px windows" if cfg["window_size"] else ""
     log.info(
-        "%d CAMs (%s) of %d tagged images on %s", len(peaks), cfg["method"], len(items), device
+        "%d CAMs (%s%s) of %d tagged images on %s",
+        *(len(peaks), cfg["method"], windows, len(items), device),
     )

@@ -1,9 +1,12 @@
-"""Refine one shard of CAMs into pseudo-masks (and score each step against real masks)."""
+"""Refine one shard of CAMs into pseudo-masks (and score each step against real masks); with
+`negative_patches_background`, the shard's patches without a tag are background."""
+
+import pandas as pd
 
 from histo_wsss.classes import TAG_SEPARATOR, LabelSpace
 from histo_wsss.io import atomic_dir, write_csv
 from histo_wsss.logs import job_log
-from histo_wsss.pseudo_masks import Item, refine_images, refine_params
+from histo_wsss.pseudo_masks import Item, negative_patch_boxes, refine_images, refine_params
 from histo_wsss.splits import read_split
 
 with job_log(snakemake.log[0]) as log:
@@ -15,9 +18,15 @@ with job_log(snakemake.log[0]) as log:
         for name, joined in zip(split["name"], split["tags"], strict=True)
     }
     p = snakemake.params
+    patches = [pd.read_csv(f"{folder}/patches.csv") for folder in snakemake.input.patches]
+    boxes = negative_patch_boxes(pd.concat(patches), p.patch_size) if patches else {}
     items = [
-        Item(n, p.images[n], p.tissue[n], p.cams[n], tags[n], p.masks.get(n, "")) for n in p.names
+        Item(n, p.images[n], p.tissue[n], p.cams[n], tags[n], p.masks.get(n, ""), boxes.get(n, ()))
+        for n in p.names
     ]
+    if patches:
+        n_boxes = sum(map(len, boxes.values()))
+        log.info("%d negative patches of %d images are background", n_boxes, len(boxes))
     with atomic_dir(snakemake.output[0]) as out:
         table, confusion = refine_images(
             items, refine_params(p.refine), out, p.refine["save_steps"], space
