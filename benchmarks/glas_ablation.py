@@ -13,11 +13,15 @@ all-positive baseline and the supervised upper bound beside the weakly supervise
   band        lumens_background with an unlabelled band (``background_quantile: 0.1``): the
               CAMs' middle band and the lumens left out of the loss instead
   pretrained  SimCLR on the dataset's train+val images, then classifier and encoder from it
+  windows     window CAMs (``cam.window_size: 128``, the patch size; Grad-CAM++)
 ``--preset glas_glands`` (``config/glas_glands.yaml``, every gland, the field's protocol;
 folders ``results/glas_glands_ablation_*``):
   classifier  the preset
   lumens      gland lumens in the tissue (``tissue_hole_px: 16384``, as config/glas.yaml)
   unet        smp's U-Net instead of DeepLabV3+ (encoder from the classifier alike)
+  windows     window CAMs (``cam.window_size: 64``, the patch size; Grad-CAM++)
+  negatives   the untagged patches background (``negative_patches_background: true``)
+  windows_negatives  both
 Each variant also trains the segmentation network on the real masks (``<variant>_upper``,
 ``targets: ground_truth``): the supervised upper bound with the same initialisation. Variants
 that share everything upstream of the segmentation copy the finished folder and force only the
@@ -43,6 +47,10 @@ import pandas as pd
 
 from common import REPO, copy_once, merge, report, run_variant
 
+# Window CAMs of the classifier's patch size (Grad-CAM++: the noise of Smooth Grad-CAM++ costs
+# twice as much per window) and the untagged patches as background (docs/pseudo_masks.md).
+WINDOWS = {"method": "gradcam++", "window_stride": None}
+NEGATIVES = {"pseudo_masks": {"negative_patches_background": True}}
 # preset -> variant -> (variant it copies its upstream from, or None; overrides of the preset)
 VARIANTS = {
     "glas": {
@@ -61,11 +69,15 @@ VARIANTS = {
                 "segmentation": {"encoder_weights": "pretrained"},
             },
         ),
+        "windows": ("classifier", {"cam": WINDOWS | {"window_size": 128}}),
     },
     "glas_glands": {
         "classifier": (None, {}),
         "lumens": (None, {"stain": {"tissue_hole_px": 16384}}),
         "unet": ("classifier", {"segmentation": {"arch": "Unet"}}),
+        "windows": ("classifier", {"cam": WINDOWS | {"window_size": 64}}),
+        "negatives": ("classifier", NEGATIVES),
+        "windows_negatives": ("classifier", {"cam": WINDOWS | {"window_size": 64}, **NEGATIVES}),
     },
 }
 UPPER = {"segmentation": {"targets": "ground_truth"}}

@@ -10,8 +10,9 @@ the preset's pseudo-mask quantile (over the whole image, no tissue mask), mean o
 Signals: the run's CAMs (``cam``); Grad-CAM++ of the run's classifier averaged over input scales
 0.5, 1, 1.5 and 2 (``cam_multiscale``); Grad-CAM++ of each window of the classifier's patch size
 (stride half of it), times the classifier's probability on it, averaged where windows overlap
-(``cam_windows``); the classifier's probability on sliding windows of its training patch size,
-stride a quarter of it (``window``); the distance of each layer3 feature to its 3 nearest
+(``cam_windows``: the workflow's ``cam.window_size``, :func:`histo_wsss.cam.window_cams`); the
+classifier's probability on sliding windows of its training patch size, stride a quarter of it
+(``window``); the distance of each layer3 feature to its 3 nearest
 features of the negative train images (``knn_to_negatives``; presets with negatives only);
 hematoxylin density (scikit-image's HED deconvolution, Gaussian sigma 8 px: ``hematoxylin``);
 the trained segmentation network's probability (``segmentation``). Also the mask's share per
@@ -38,14 +39,18 @@ from skimage.color import rgb2hed
 from sklearn.metrics import roc_auc_score
 
 from common import REPO, report
-from histo_wsss.cam import compute_cams, resnet_target_layer
+from histo_wsss.cam import compute_cams, resnet_target_layer, window_cams
 from histo_wsss.classifier import load_checkpoint, preprocess
 from histo_wsss.io import read_mask, read_rgb
+from histo_wsss.patches import grid
 from histo_wsss.pseudo_masks import refine_params
 from histo_wsss.refine import refine
 from histo_wsss.stain import fill_holes
 
 SCALES = (0.5, 1.0, 1.5, 2.0)
+# Grad-CAM++ in windows (`cam.window_size` = the patch size, stride half of it): the workflow's
+WINDOWS = {"method": "gradcam++", "n_samples": 1, "noise_sigma": 0.0, "smooth_activations": False}
+WINDOWS |= {"batch_size": 64, "seed": 0}
 HOLES = (64, 1024, 4096, 16384)
 
 
@@ -67,14 +72,8 @@ def ious(mask: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"IoU": iou, "mIoU (with background)": (iou + background) / 2}
 
 
-def corners(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
-    """Top-left corners of ``size`` windows every ``stride`` px, the last at the border."""
-    starts = [sorted({*range(0, max(n - size, 0) + 1, stride), max(n - size, 0)}) for n in shape]
-    return [(y, z) for y in starts[0] for z in starts[1]]
-
-
 def overlap_mean(shape: tuple[int, int], size: int, at: list, values: list) -> np.ndarray:
-    """Per pixel, the mean of ``values`` (scalars or ``size`` maps) of the windows over it."""
+    """Per pixel, the mean of ``values`` (one per window) of the ``size`` windows over it."""
     total, count = np.zeros(shape), np.zeros(shape)
     for (y, z), value in zip(at, values, strict=True):
         total[y : y + size, z : z + size] += value
@@ -115,39 +114,30 @@ class Signals:
         signals = {
             "cam": np.load(one(self.run / "cam", f"cams/{name}.npy"))[0].astype(np.float32),
             "cam_multiscale": np.mean(cams, axis=0),
-            "cam_windows": self.cam_windows(x),
+            "cam_windows": window_cams(
+                self.model, [self.layer], rgb, [0], self.patch, self.patch // 2, WINDOWS, name
+            )[0],
             "window": self.window(x),
             "hematoxylin": ndimage.gaussian_filter(rgb2hed(rgb)[..., 0], 8),
             "segmentation": np.asarray(probs, np.float32).reshape(-1, *size)[0],
         }
         if self.bank is not None:
-            feats, grid = self.layer3(x)
+            feats, cells = self.layer3(x)
             knn = torch.cdist(feats, self.bank).topk(3, largest=False).values.mean(1)
-            signals["knn_to_negatives"] = up(knn.reshape(grid))
+            signals["knn_to_negatives"] = up(knn.reshape(cells))
         return signals
 
     def probabilities(self, crops: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             return torch.sigmoid(self.model(crops)[:, 0]).numpy()
 
-    def windows(self, x: torch.Tensor, stride: int) -> tuple[list, torch.Tensor]:
-        """The corners of ``x``'s patch-size windows every ``stride`` px, and the windows."""
-        p = self.patch
-        at = corners(tuple(x.shape[2:]), p, stride)
-        return at, torch.cat([x[:, :, y : y + p, z : z + p] for y, z in at])
-
     def window(self, x: torch.Tensor) -> np.ndarray:
-        """Mean sigmoid probability of the classifier over the windows covering each pixel."""
-        at, crops = self.windows(x, self.patch // 4)
-        return overlap_mean(tuple(x.shape[2:]), self.patch, at, list(self.probabilities(crops)))
-
-    def cam_windows(self, x: torch.Tensor) -> np.ndarray:
-        """Grad-CAM++ of each patch-size window (stride half of it) times the classifier's
-        probability on it, averaged where windows overlap: CAMs at the scale it learnt."""
-        at, crops = self.windows(x, self.patch // 2)
-        maps = compute_cams(self.model, [self.layer], crops, [0] * len(at), "gradcam++")
-        weighted = [m * q for m, q in zip(maps, self.probabilities(crops), strict=True)]
-        return overlap_mean(tuple(x.shape[2:]), self.patch, at, weighted)
+        """Mean sigmoid probability of the classifier over the patch-size windows (every quarter
+        of a patch) covering each pixel."""
+        p, (height, width) = self.patch, x.shape[2:]
+        at = [(y, z) for y in grid(height, p, p // 4) for z in grid(width, p, p // 4)]
+        crops = torch.cat([x[:, :, y : y + p, z : z + p] for y, z in at])
+        return overlap_mean((height, width), p, at, list(self.probabilities(crops)))
 
 
 DEFAULT_RUN = {"glas": "glas_ablation_classifier", "glas_glands": "glas_glands_ablation_classifier"}

@@ -292,7 +292,8 @@ def test_glas_ground_truth_targets_rerun_only_the_segmentation(glas_run):
 def test_glas_glands_labels_every_image_from_its_gland_mask(tmp_path):
     """The gland protocol: every GlaS image holds glands, so every image is `gland` and the
     split holds out images (not patches); only the mask-tagged patches carry the classifier's
-    two classes, and with image-level tags the same dataset is refused at DAG build."""
+    two classes (and the pseudo-masks' background), and with image-level tags the same
+    dataset is refused at DAG build."""
     if not GLAS_DATA.is_dir():
         pytest.skip(f"GlaS data not found at {GLAS_DATA} (see the README, 'GlaS preset')")
     dataset = {
@@ -306,6 +307,11 @@ def test_glas_glands_labels_every_image_from_its_gland_mask(tmp_path):
     assert split.groupby("split")["label"].value_counts().to_dict() == {
         ("test", "gland"): 17, ("train", "gland"): 54, ("val", "gland"): 14,
     }  # fmt: skip
+    # window CAMs at the patch scale; the pseudo-masks read the patches tagged no gland
+    preset = _load(GLAS_GLANDS)
+    assert preset["cam"]["window_size"] == preset["patches"]["size"]
+    plan = snakemake(tmp_path, "-n", config={"dataset": dataset}, base=GLAS_GLANDS).stdout
+    assert "results/glas_glands/patches/shards/" in _job_inputs(plan, "pseudo_masks")
     image_tags = {"dataset": dataset, "patches": {"tags": "image"}}
     refused = snakemake(tmp_path, "-n", config=image_tags, base=GLAS_GLANDS, check=False)
     assert refused.returncode != 0
