@@ -107,8 +107,9 @@ def test_an_unlabelled_band_is_stored_and_left_out_of_the_scores(shard, tmp_path
 
 def test_untagged_patches_are_background_and_out_of_the_threshold(shard, tmp_path):
     """Patches tagged from the real mask (32 px): the untagged ones are background in every
-    step, and the threshold's quantile is taken over the rest of the tissue, exactly as the
-    refinement of the tissue mask without them; the boxes come from the patch table."""
+    step (with an unlabelled band too), and the threshold's quantile is taken over the rest of
+    the tissue, exactly as the refinement of the tissue mask without them; the boxes come from
+    the patch table."""
     root, items, plain, _ = shard
     item = items[0]
     rgb = read_rgb(item.image)
@@ -133,6 +134,12 @@ def test_untagged_patches_are_background_and_out_of_the_threshold(shard, tmp_pat
         assert not labels[negative].any(), step
     # the blurred CAM spills into the untagged patches: keeping it out removes false positives
     assert table["threshold_fp"].iloc[0] < plain["threshold_fp"].iloc[0]
+    # with an unlabelled band they are sure background, not unlabelled as non-tissue is
+    band = RefineParams(background_quantile=0.2)
+    refine_images([with_boxes], band, tmp_path / "band", True, BINARY)
+    for step in STEPS:
+        labels = BINARY.read_labels(tmp_path / "band" / "steps" / step / f"{item.name}.png")
+        assert (labels[negative] == 0).all() and (labels == IGNORE).any(), step
 
 
 def test_an_empty_shard_writes_readable_tables(tmp_path):

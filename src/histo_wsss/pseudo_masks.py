@@ -56,7 +56,7 @@ class Item:
     """One image's inputs to the refinement: ``tags`` are the indices of its classes (empty:
     no CAM is read, the masks are background); ``truth`` is empty without a real mask;
     ``background`` holds ``(y, x, height, width)`` boxes known to hold no class (its patches
-    without a tag, :func:`negative_patch_boxes`), left out of the tissue the refinement uses."""
+    without a tag, :func:`negative_patch_boxes`): the refinement's ``known_background``."""
 
     name: str
     image: str
@@ -122,10 +122,10 @@ def refine_images(
         start = time.perf_counter()
         if item.tags:
             cams = load_cams(item.cam, rgb.shape[:2], space.k)
-            tissue = read_mask(item.tissue)
+            known = np.zeros(rgb.shape[:2], dtype=bool)
             for y, x, height, width in item.background:
-                tissue[y : y + height, x : x + width] = False
-            steps = refine(rgb, cams, item.tags, params, tissue)
+                known[y : y + height, x : x + width] = True
+            steps = refine(rgb, cams, item.tags, params, read_mask(item.tissue), known)
         else:
             steps = empty_steps(rgb.shape[:2])
         row = {"name": item.name, "positive": int(bool(item.tags))}

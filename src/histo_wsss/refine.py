@@ -38,6 +38,8 @@ not sure background -- the CAMs' middle band, and non-tissue such as gland lumen
 unlabelled (:data:`histo_wsss.classes.IGNORE`), left out of the segmentation's loss and of
 every score: confident foreground and background as in AffinityNet / IRN (Ahn et al. 2018,
 2019). Each step's map is banded so.
+Known background (``known_background``: pixels a real mask says hold no class, e.g. a patch
+tagged with none) is background in every step and left out of the tissue the steps use.
 Everything is deterministic.
 """
 
@@ -379,6 +381,7 @@ def refine(
     present: Sequence[int],
     params: RefineParams | None = None,
     tissue: np.ndarray | None = None,
+    known_background: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Run every step; return ``{"threshold", "morphology", "small_objects", "crf"}`` uint8
     label maps holding only 0 and the ``present`` classes' labels (class indices into ``cams``;
@@ -386,6 +389,9 @@ def refine(
     :data:`~histo_wsss.classes.IGNORE` where unlabelled.
 
     The pseudo-mask is ``result[params.final_step]``. Classes stay inside ``tissue``.
+    ``known_background`` (e.g. the patches whose real mask holds no class) is background in
+    every step, sure background with an unlabelled band, and left out of the tissue the steps
+    use, the threshold's quantile included.
     """
     params = params or RefineParams()
     cams = _check_cams(cams)
@@ -396,8 +402,13 @@ def refine(
     if present[0] < 0 or present[-1] >= len(cams):
         raise ValueError(f"present classes {present} outside the {len(cams)} CAM channels")
     inside = np.ones(shape, dtype=bool) if tissue is None else _check_mask(tissue, shape, "tissue")
+    known = np.zeros(shape, dtype=bool)
+    if known_background is not None:
+        known = _check_mask(known_background, shape, "known_background")
+        inside = inside & ~known
+        tissue = inside
     q_sure = params.background_quantile
-    sure = None if q_sure is None else sure_background(cams, present, q_sure, inside)
+    sure = None if q_sure is None else sure_background(cams, present, q_sure, inside) | known
 
     def finish(labels: np.ndarray) -> np.ndarray:
         labels = np.where(inside, labels, 0).astype(np.uint8)
