@@ -43,7 +43,7 @@ from histo_wsss.cam import compute_cams, resnet_target_layer, window_cams
 from histo_wsss.classifier import load_checkpoint, preprocess
 from histo_wsss.io import read_mask, read_rgb
 from histo_wsss.patches import grid
-from histo_wsss.pseudo_masks import refine_params
+from histo_wsss.pseudo_masks import box_mask, negative_patch_boxes, refine_params
 from histo_wsss.refine import refine
 from histo_wsss.stain import fill_holes
 
@@ -159,7 +159,7 @@ def main() -> None:
     params = refine_params(config["pseudo_masks"])
     quantile = params.quantile
     patches = pd.concat(map(pd.read_csv, sorted(run.glob("patches/shards/*/patches.csv"))))
-    negative_patches = dict(list(patches[patches["positive"] == 0].groupby("source")))
+    negative_patches = negative_patch_boxes(patches, size)
     scores, deciles, shares, masks = [], [], [], []
     chosen = split[(split["split"] != "test") & (split["label"] == positive)]
     for name, row in chosen.iterrows():
@@ -184,11 +184,9 @@ def main() -> None:
         record["mask share of non-tissue"] = truth[~tissue].mean() if (~tissue).any() else np.nan
         shares.append(record)
         # the image's negative patches (tags from masks: no class) are background for certain
-        outside = np.ones_like(tissue)
-        for y, x in negative_patches.get(name, patches.iloc[:0])[["y", "x"]].itertuples(False):
-            outside[y : y + size, x : x + size] = False
+        negative = box_mask(tissue.shape, negative_patches.get(name, ()))
         regions = {f"tissue_hole_px: {a}": fill_holes(tissue, a) for a in HOLES}
-        regions["negative patches background"] = tissue & outside
+        regions["negative patches background"] = tissue & ~negative
         for region, inside in regions.items():
             mask = refine(rgb, maps["cam"][None], [0], params, inside)[params.final_step] > 0
             masks.append({"split": row["split"], "pseudo-mask tissue": region, **ious(mask, truth)})

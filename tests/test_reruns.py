@@ -125,7 +125,11 @@ def test_window_cams_and_untagged_patches_run_on_the_demo(tiny_run, tmp_path):
         checked += 1
     assert checked == (patches["positive"] == 0).sum() > 0
     logs = "".join(p.read_text() for p in results.glob("logs/pseudo_masks/*.log"))
-    assert f"{checked} negative patches of" in logs
+    logged = re.findall(r"(\d+) negative patches of (\d+) images", logs)
+    assert len(logged) == TINY["pseudo_masks"]["shards"]  # each job counts its own images
+    assert sum(int(n) for n, _ in logged) == checked
+    with_negatives = patches.loc[patches["positive"] == 0, "source"].nunique()
+    assert sum(int(k) for _, k in logged) == with_negatives
     logs = "".join(p.read_text() for p in results.glob("logs/cams/*.log"))
     assert "CAMs (smoothgradcam++ in 48-px windows) of" in logs
     cams = sorted(results.glob("cam/shards/*/cams/*.npy"))

@@ -81,6 +81,14 @@ def negative_patch_boxes(
     }
 
 
+def box_mask(shape: tuple[int, int], boxes: Iterable[tuple[int, int, int, int]]) -> np.ndarray:
+    """Boolean ``shape`` mask, True inside every ``(y, x, height, width)`` box."""
+    mask = np.zeros(shape, dtype=bool)
+    for y, x, height, width in boxes:
+        mask[y : y + height, x : x + width] = True
+    return mask
+
+
 def refine_params(section: Mapping) -> RefineParams:
     """The refinement parameters of a ``pseudo_masks`` config section: its keys but
     :data:`WORKFLOW_KEYS`; an unknown or contradicting value is a ``ValueError`` naming it."""
@@ -122,9 +130,7 @@ def refine_images(
         start = time.perf_counter()
         if item.tags:
             cams = load_cams(item.cam, rgb.shape[:2], space.k)
-            known = np.zeros(rgb.shape[:2], dtype=bool)
-            for y, x, height, width in item.background:
-                known[y : y + height, x : x + width] = True
+            known = box_mask(rgb.shape[:2], item.background)
             steps = refine(rgb, cams, item.tags, params, read_mask(item.tissue), known)
         else:
             steps = empty_steps(rgb.shape[:2])

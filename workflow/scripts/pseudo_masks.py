@@ -25,8 +25,9 @@ with job_log(snakemake.log[0]) as log:
         for n in p.names
     ]
     if patches:
-        n_boxes = sum(map(len, boxes.values()))
-        log.info("%d negative patches of %d images are background", n_boxes, len(boxes))
+        shard = [item.background for item in items if item.background]
+        n_boxes = sum(map(len, shard))
+        log.info("%d negative patches of %d images are background", n_boxes, len(shard))
     with atomic_dir(snakemake.output[0]) as out:
         table, confusion = refine_images(
             items, refine_params(p.refine), out, p.refine["save_steps"], space
