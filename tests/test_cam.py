@@ -10,6 +10,7 @@ from torch import nn
 from histo_wsss.cam import (
     CAM_METHODS,
     SmoothGradCAMPlusPlus,
+    cams_and_logits,
     compute_cams,
     image_seed,
     peak_hits,
@@ -165,10 +166,36 @@ def test_batched_equals_one_by_one(resnet3, smooth_activations):
     np.testing.assert_allclose(chunked, batched, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "gradcam"},
+        {"method": "gradcam++"},
+        SMOOTH,
+        dict(SMOOTH, smooth_activations=True),
+    ],
+)
+def test_the_logits_are_the_clean_images_of_each_pair(resnet3, kwargs):
+    """With the maps come the logits of each (image, class) pair on the clean image, the noisy
+    copies' notwithstanding: what window CAMs weigh their windows by, without a pass of their
+    own."""
+    images = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(5))
+    classes, image_of = [2, 0, 1], [0, 0, 1]
+    layer = resnet3.layer3[-1]
+    maps, logits = cams_and_logits(resnet3, layer, images, classes, image_of=image_of, **kwargs)
+    with torch.no_grad():
+        expected = resnet3(images)[image_of, classes].numpy()
+    assert logits.shape == (3,) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    again = compute_cams(resnet3, layer, images, classes, image_of=image_of, **kwargs)
+    np.testing.assert_array_equal(maps, again)
+
+
 def test_an_images_tags_share_its_forward_passes(resnet3):
     """The cost model of cam.py's docstring: the layers before the target layer run once per
     noisy copy of each image, without an autograd graph; only the rest runs per (image, class)
-    pair. Each map equals the one computed alone."""
+    pair, with one gradient-free pass of the clean images for their logits. Each map equals
+    the one computed alone."""
     seen = {"layer3": [], "fc": []}
 
     def record(name):
@@ -190,7 +217,8 @@ def test_an_images_tags_share_its_forward_passes(resnet3):
     finally:
         for handle in handles:
             handle.remove()
-    assert seen == {"layer3": [(2, False)] * 4, "fc": [(4, True)] * 4}  # 4 noisy copies
+    # 4 noisy copies, then the clean images
+    assert seen == {"layer3": [(2, False)] * 5, "fc": [(4, True)] * 4 + [(4, False)]}
     for p, (i, c) in enumerate(pairs):
         alone = compute_cams(resnet3, layer, x[i : i + 1], [c], seed=seeds[i], **kwargs)
         np.testing.assert_allclose(maps[p], alone[0], atol=1e-5)

@@ -56,9 +56,9 @@ output is then copied once per (image, class) pair, and only the rest of the net
 ResNet's ``layer4``: pooling and the linear head; after ``layer3``: ``layer4`` too) runs
 forward and backward per pair. A batch of ``N`` images costs
 ``ceil(n_samples / samples_per_pass)`` such passes of ``samples_per_pass * N`` noisy images
-(default 1: memory of one batch), plus one gradient-free pass of the clean images (skipped with
-``smooth_activations=True``). The weights' ``requires_grad`` is off meanwhile: frozen models
-work, and no weight gradients are computed or left in ``.grad``.
+(default 1: memory of one batch), plus one gradient-free pass of the clean images, which also
+gives their logits (:func:`cams_and_logits`). The weights' ``requires_grad`` is off meanwhile:
+frozen models work, and no weight gradients are computed or left in ``.grad``.
 
 Window CAMs (:func:`window_cams`, ``cam.window_size``): any of the methods above on each
 window of an image, weighted by the classifier's probability on the window and averaged where
@@ -89,6 +89,7 @@ from histo_wsss.patches import grid
 __all__ = [
     "CAM_METHODS",
     "SmoothGradCAMPlusPlus",
+    "cams_and_logits",
     "compute_cams",
     "save_cams",
     "window_cams",
@@ -199,12 +200,11 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
         assert sums is not None
         self._moments = [tuple((t / self.n_samples).numpy() for t in acc[:3]) for acc in sums]
+        with torch.no_grad():  # the clean image's logits and activations, no gradients
+            self.outputs = self.activations_and_grads(input_tensor)
         if self.smooth_activations:
             self.activations_and_grads.gradients = []
             self.activations_and_grads.activations = [acc[3] / self.n_samples for acc in sums]
-        else:
-            with torch.no_grad():  # records the clean activations only
-                self.activations_and_grads(input_tensor)
         # pytorch-grad-cam's per-layer map, ReLU, min-max and upsampling, then layer mean
         cam_per_layer = self.compute_cam_per_layer(input_tensor, targets, eigen_smooth)
         return self.aggregate_multi_layers(cam_per_layer)
@@ -291,7 +291,12 @@ class _GraphCut:
             handle.remove()
 
 
-def compute_cams(
+def compute_cams(*args, **kwargs) -> np.ndarray:
+    """The maps of :func:`cams_and_logits` (same arguments)."""
+    return cams_and_logits(*args, **kwargs)[0]
+
+
+def cams_and_logits(
     model: nn.Module,
     target_layer: nn.Module | Sequence[nn.Module],
     images: torch.Tensor,
@@ -303,7 +308,7 @@ def compute_cams(
     samples_per_pass: int = 1,
     smooth_activations: bool = False,
     image_of: Sequence[int] | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """CAMs of a batch of (image, class) pairs: pair ``p``'s map is that of image
     ``image_of[p]`` for the logit of class ``classes[p]`` (pytorch-grad-cam's
     ``ClassifierOutputTarget``). An image with several tags is passed once and listed in
@@ -328,7 +333,9 @@ def compute_cams(
 
     Returns:
         ``np.float32`` array ``(P, H, W)`` in [0, 1], each map min-max normalised (max 1 unless
-        the map is constant, e.g. all zero where no channel supports the score).
+        the map is constant, e.g. all zero where no channel supports the score), and the
+        ``(P,)`` float32 logits of each pair's class on the clean image (no noise), from the
+        pass the maps come from: :func:`window_cams` weighs its windows by them.
     """
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {CAM_METHODS}")
@@ -371,6 +378,8 @@ def compute_cams(
         try:
             with torch.enable_grad():
                 maps = cam(x, targets)
+            # one row per pair: the graph cut copies an image's row for each of its classes
+            logits = cam.outputs.detach()[torch.arange(len(targets)), list(classes)]
         finally:
             cam.activations_and_grads.release()
             cam.outputs = None  # pytorch-grad-cam keeps the last outputs (and their graph)
@@ -379,7 +388,7 @@ def compute_cams(
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
-    return _minmax(maps)
+    return _minmax(maps), logits.float().cpu().numpy()
 
 
 def image_seed(seed: int, name: str) -> int:
@@ -423,16 +432,13 @@ def window_cams(
     side = (min(size, height), min(size, width))
     corners = [(y, x) for y in grid(height, side[0], stride) for x in grid(width, side[1], stride)]
     x_image = preprocess(image)
-    device = next(model.parameters()).device
     total = np.zeros((len(classes), height, width))
     count = np.zeros((height, width))
     step = cfg["batch_size"]
     for start in range(0, len(corners), step):
         at = corners[start : start + step]
         crops = torch.stack([x_image[:, y : y + side[0], x : x + side[1]] for y, x in at])
-        with torch.no_grad():
-            probs = torch.sigmoid(model(crops.to(device))[:, list(classes)]).cpu().numpy()
-        maps = compute_cams(
+        maps, logits = cams_and_logits(
             model,
             layers,
             crops,
@@ -440,7 +446,9 @@ def window_cams(
             seed=[image_seed(cfg["seed"], f"{name}_y{y}_x{x}") for y, x in at],
             image_of=[i for i in range(len(at)) for _ in classes],
             **_cam_kwargs(cfg),
-        ).reshape(len(at), len(classes), *side)
+        )
+        maps = maps.reshape(len(at), len(classes), *side)
+        probs = 1 / (1 + np.exp(-logits.reshape(len(at), len(classes))))
         for (y, x), window, prob in zip(at, maps, probs, strict=True):
             total[:, y : y + side[0], x : x + side[1]] += window * prob[:, None, None]
             count[y : y + side[0], x : x + side[1]] += 1
