@@ -16,12 +16,13 @@ all-positive baseline and the supervised upper bound beside the weakly supervise
   windows     window CAMs (``cam.window_size: 128``, the patch size; Grad-CAM++)
 ``--preset glas_glands`` (``config/glas_glands.yaml``, every gland, the field's protocol;
 folders ``results/glas_glands_ablation_*``):
-  classifier  the preset
+  classifier  the preset: window CAMs outside the untagged patches (since session 13)
+  whole_images  the preset before session 13: whole-image Smooth Grad-CAM++ (``layer3``), the
+              untagged patches' CAMs kept; the variants below are made from it
   lumens      gland lumens in the tissue (``tissue_hole_px: 16384``, as config/glas.yaml)
   unet        smp's U-Net instead of DeepLabV3+ (encoder from the classifier alike)
   windows     window CAMs (``cam.window_size: 64``, the patch size; Grad-CAM++)
   negatives   the untagged patches background (``negative_patches_background: true``)
-  windows_negatives  both
 Each variant also trains the segmentation network on the real masks (``<variant>_upper``,
 ``targets: ground_truth``): the supervised upper bound with the same initialisation. Variants
 that share everything upstream of the segmentation copy the finished folder and force only the
@@ -51,6 +52,12 @@ from common import REPO, copy_once, merge, report, run_variant
 # twice as much per window) and the untagged patches as background (docs/pseudo_masks.md).
 WINDOWS = {"method": "gradcam++", "window_stride": None}
 NEGATIVES = {"pseudo_masks": {"negative_patches_background": True}}
+# config/glas_glands.yaml before session 13: whole-image Smooth Grad-CAM++, no untagged patches;
+# its variants of sessions 12-13 are made from it, so that their rows stay reproducible
+WHOLE_IMAGES = {
+    "cam": {"method": "smoothgradcam++", "window_size": None, "layers": ["layer3"]},
+    "pseudo_masks": {"negative_patches_background": False},
+}
 # preset -> variant -> (variant it copies its upstream from, or None; overrides of the preset)
 VARIANTS = {
     "glas": {
@@ -73,11 +80,11 @@ VARIANTS = {
     },
     "glas_glands": {
         "classifier": (None, {}),
-        "lumens": (None, {"stain": {"tissue_hole_px": 16384}}),
-        "unet": ("classifier", {"segmentation": {"arch": "Unet"}}),
-        "windows": ("classifier", {"cam": WINDOWS | {"window_size": 64}}),
-        "negatives": ("classifier", NEGATIVES),
-        "windows_negatives": ("classifier", {"cam": WINDOWS | {"window_size": 64}, **NEGATIVES}),
+        "whole_images": ("classifier", WHOLE_IMAGES),
+        "lumens": (None, merge(WHOLE_IMAGES, {"stain": {"tissue_hole_px": 16384}})),
+        "unet": ("classifier", merge(WHOLE_IMAGES, {"segmentation": {"arch": "Unet"}})),
+        "windows": ("classifier", merge(WHOLE_IMAGES, {"cam": WINDOWS | {"window_size": 64}})),
+        "negatives": ("classifier", merge(WHOLE_IMAGES, NEGATIVES)),
     },
 }
 UPPER = {"segmentation": {"targets": "ground_truth"}}
