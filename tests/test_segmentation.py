@@ -14,15 +14,18 @@ from torchvision.models import resnet18, resnet34
 
 from histo_wsss import segmentation as seg
 from histo_wsss.batching import size_batches
+from histo_wsss.classes import IGNORE
 from histo_wsss.classifier import IMAGENET_MEAN, IMAGENET_STD
 from histo_wsss.io import write_png
 from histo_wsss.segmentation import (
     DEFAULTS,
     SegmentationLoss,
     build_model,
+    easy_example_weights,
     epoch_items,
     forward_padded,
     is_improvement,
+    label_targets,
     load_checkpoint,
     metrics_columns,
     negative_probability,
@@ -61,7 +64,19 @@ def test_defaults_are_the_paper_values_and_user_values_merge_over_them():
         ({"epochs": 0}, "epochs must be an integer >= 1"),
         ({"negative_max_prob": 1.5}, "negative_max_prob must be"),
         ({"threshold": 1.0}, "threshold must be"),
-        ({"dice_weight": 0, "lovasz_weight": 0}, "both 0"),
+        (
+            {"dice_weight": 0, "lovasz_weight": 0},
+            "dice_weight, lovasz_weight, pixel_bce_weight are all 0",
+        ),
+        (
+            {"easy_example_mining": True},
+            "easy_example_mining weighs the pixel BCE, but pixel_bce_weight is 0",
+        ),
+        (
+            {"easy_example_mining": 1, "pixel_bce_weight": 1},
+            "easy_example_mining must be true/false",
+        ),
+        ({"pixel_bce_weight": -1}, "pixel_bce_weight must be a number >= 0"),
         ({"patience": True}, "patience must be an integer"),
         ({"targets": "truth"}, "targets must be one of"),
     ],
@@ -174,6 +189,71 @@ def test_loss_is_the_weighted_sum_of_the_smp_losses(weights):
     assert abs(per_image.item() - lovasz.item()) > 1e-3  # the two choices do differ here
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def _two_class_batch():
+    """K = 2 targets of two images: image 0 holds both classes and unlabelled pixels, image 1
+    only background (one target vector)."""
+    labels = np.zeros((2, 6, 5), np.uint8)
+    labels[0, :3] = 1
+    labels[0, 3:5, :2] = 2
+    labels[0, 5] = IGNORE
+    return torch.from_numpy(label_targets(labels, 2))
+
+
+def test_pixel_bce_is_the_bce_of_the_labelled_pixels_in_the_weighted_sum():
+    torch.manual_seed(0)
+    masks = _two_class_batch()
+    logits = torch.randn(2, 2, 6, 5)
+    head, labels = torch.randn(2, 2), torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    labelled = (masks != IGNORE).all(1)
+    per_pixel = F.binary_cross_entropy_with_logits(
+        logits, masks.clamp(max=1), reduction="none"
+    ).mean(1)
+    expected = per_pixel[labelled].mean()
+    loss = SegmentationLoss(0.0, 0.0, 0.0, pixel_bce_weight=2.0)
+    assert loss.parts(logits, head, masks, labels)["pixel_bce"].item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
+    base = SegmentationLoss()(logits, head, masks, labels)
+    both = SegmentationLoss(pixel_bce_weight=2.0)(logits, head, masks, labels)
+    assert (both - base).item() == pytest.approx(2 * expected.item(), rel=1e-5)
+
+
+def test_easy_example_weights_are_oeems_softmax_of_the_negated_losses():
+    """Per image with mixed targets: softmax(-loss) over its labelled pixels times their
+    number (mean 1, the lowest loss weighs most); unlabelled pixels 0; an image of one target
+    vector 1 everywhere it is labelled; no gradient through the weights."""
+    masks = _two_class_batch()
+    losses = torch.rand(2, 6, 5, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    weights = easy_example_weights(losses, masks)
+    labelled = (masks != IGNORE).all(1)
+    mine = weights[0][labelled[0]]
+    expected = torch.softmax(-losses[0][labelled[0]], 0) * labelled[0].sum()
+    torch.testing.assert_close(mine, expected.detach())
+    assert mine.mean().item() == pytest.approx(1.0, rel=1e-6)
+    assert mine.argmax() == losses[0][labelled[0]].argmin()
+    assert not weights[0][~labelled[0]].any()
+    assert torch.equal(weights[1], torch.ones(6, 5))
+    assert not weights.requires_grad
+
+
+def test_easy_example_mining_turns_the_gradient_away_from_a_contradicted_pixel():
+    """The network fits every pixel but one whose pseudo-label it contradicts (noise): without
+    mining that pixel's gradient is 20 times a fitted pixel's, with it no larger."""
+    labels = np.zeros((1, 8, 8), np.uint8)
+    labels[0, :4] = 1
+    masks = torch.from_numpy(label_targets(labels, 1))
+    fitted = torch.where(masks > 0, 3.0, -3.0)
+    fitted[0, 0, 6, 6] = 3.0  # predicts the class where the pseudo-label says background
+    grads = {}
+    for mining in (False, True):
+        logits = fitted.clone().requires_grad_(True)
+        loss = SegmentationLoss(0.0, 0.0, 0.0, 1.0, easy_example_mining=mining)
+        loss.pixel_bce_term(logits, masks).backward()
+        g = logits.grad[0, 0].abs()
+        grads[mining] = (g[6, 6] / g[0, 0]).item()
+    assert grads[False] > 10 and grads[True] < 1.01
 
 
 def test_lovasz_on_an_all_negative_image_is_the_hinge_of_its_worst_pixel():

@@ -57,6 +57,9 @@ Loss (:class:`SegmentationLoss`)
     over the batch, a negative image's pixels are simply more background whose false positives lower
     the batch IoU, the same view as the pooled validation IoU. The reference code also uses smp's
     default ``per_image=False``. smp's Dice is 0 for a batch without positive pixels.
+    ``pixel_bce_weight`` (0 in the paper) adds smp's ``SoftBCEWithLogitsLoss`` of every labelled
+    pixel; with ``easy_example_mining`` it is weighted by :func:`easy_example_weights` (OEEM,
+    the field's weakly supervised GlaS baseline, which weighs its cross-entropy so).
 
 Curriculum (:func:`negative_probability`, :func:`epoch_items`)
     Epochs are 0-based. ``P = positive_only_epochs``, ``R = negative_ramp_epochs``,
@@ -232,6 +235,8 @@ DEFAULTS: dict = {
     "dice_weight": 1.0,
     "lovasz_weight": 0.5,
     "bce_head_weight": 0.2,
+    "pixel_bce_weight": 0.0,
+    "easy_example_mining": False,
     "positive_only_epochs": 10,
     "negative_ramp_epochs": 35,
     "negative_max_prob": 0.3,
@@ -249,6 +254,9 @@ DEFAULTS: dict = {
     "device": "auto",
     "num_workers": 0,
 }
+
+# the weights of the loss terms on the masks (SegmentationLoss)
+MASK_LOSSES = ("dice_weight", "lovasz_weight", "pixel_bce_weight")
 
 # Independent random streams of one training run, each seeded from (seed, stream, epoch[, i]).
 _CURRICULUM, _BATCHES, _AUGMENT = 1, 2, 3
@@ -295,10 +303,17 @@ def resolve_config(cfg: Mapping | None = None) -> dict:
         require("segmentation", is_num(out[key]) and out[key] > 0, key, out[key], "a number > 0")
     m = out["momentum"]
     require("segmentation", is_num(m) and 0 <= m < 1, "momentum", m, "a number in [0, 1)")
-    for key in ("weight_decay", "dice_weight", "lovasz_weight", "bce_head_weight"):
+    for key in ("weight_decay", *MASK_LOSSES, "bce_head_weight"):
         require("segmentation", is_num(out[key]) and out[key] >= 0, key, out[key], "a number >= 0")
-    if out["dice_weight"] == 0 and out["lovasz_weight"] == 0:
-        raise ValueError("segmentation config: dice_weight and lovasz_weight are both 0")
+    if not any(out[key] for key in MASK_LOSSES):
+        raise ValueError(f"segmentation config: {', '.join(MASK_LOSSES)} are all 0: no mask loss")
+    mining = out["easy_example_mining"]
+    require("segmentation", isinstance(mining, bool), "easy_example_mining", mining, "true/false")
+    if mining and not out["pixel_bce_weight"]:
+        raise ValueError(
+            "segmentation config: easy_example_mining weighs the pixel BCE, but "
+            "pixel_bce_weight is 0"
+        )
     p = out["negative_max_prob"]
     require("segmentation", is_num(p) and 0 <= p <= 1, "negative_max_prob", p, "a number in [0, 1]")
     t = out["threshold"]
@@ -405,24 +420,44 @@ def forward_padded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 class SegmentationLoss(nn.Module):
-    """``dice_weight * Dice + lovasz_weight * Lovasz + bce_head_weight * BCE`` (module docstring).
+    """``dice_weight * Dice + lovasz_weight * Lovasz + pixel_bce_weight * pixel BCE +
+    bce_head_weight * BCE`` (module docstring).
 
     ``forward(mask_logits (N, K, H, W), head_logits (N, K), masks (N, K, H, W) float: 0/1 per
     class and :data:`histo_wsss.classes.IGNORE` where unlabelled (:func:`label_targets`),
-    labels (N, K) 0/1 float: the tags)`` returns the scalar loss; :meth:`parts` the three
+    labels (N, K) 0/1 float: the tags)`` returns the scalar loss; :meth:`parts` the four
     unweighted terms.
     """
 
     def __init__(
-        self, dice_weight: float = 1.0, lovasz_weight: float = 0.5, bce_head_weight: float = 0.2
+        self,
+        dice_weight: float = 1.0,
+        lovasz_weight: float = 0.5,
+        bce_head_weight: float = 0.2,
+        pixel_bce_weight: float = 0.0,
+        easy_example_mining: bool = False,
     ) -> None:
         super().__init__()
         self.dice_weight = float(dice_weight)
         self.lovasz_weight = float(lovasz_weight)
         self.bce_head_weight = float(bce_head_weight)
+        self.pixel_bce_weight = float(pixel_bce_weight)
+        self.easy_example_mining = bool(easy_example_mining)
         self.dice = smp.losses.DiceLoss(mode="multilabel", from_logits=True, ignore_index=IGNORE)
         self.lovasz = smp.losses.LovaszLoss(mode="multilabel", per_image=False, ignore_index=IGNORE)
+        self.pixel_bce = smp.losses.SoftBCEWithLogitsLoss(ignore_index=IGNORE, reduction="none")
         self.bce = nn.BCEWithLogitsLoss()
+
+    def pixel_bce_term(self, mask_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The BCE of every labelled pixel (mean over its K channels), averaged over the
+        labelled pixels of the batch, weighted by :func:`easy_example_weights` when
+        ``easy_example_mining``."""
+        labelled = (masks != IGNORE).all(1)
+        losses = self.pixel_bce(mask_logits, masks).mean(1)
+        weights = labelled.to(losses.dtype)
+        if self.easy_example_mining:
+            weights = easy_example_weights(losses, masks)
+        return (losses * weights).sum() / labelled.sum().clamp(min=1)
 
     def parts(
         self,
@@ -434,6 +469,7 @@ class SegmentationLoss(nn.Module):
         return {
             "dice": self.dice(mask_logits, masks),
             "lovasz": self.lovasz(mask_logits, masks),
+            "pixel_bce": self.pixel_bce_term(mask_logits, masks),
             "bce_head": self.bce(head_logits, labels),
         }
 
@@ -448,12 +484,36 @@ class SegmentationLoss(nn.Module):
         return (
             self.dice_weight * p["dice"]
             + self.lovasz_weight * p["lovasz"]
+            + self.pixel_bce_weight * p["pixel_bce"]
             + self.bce_head_weight * p["bce_head"]
         )
 
 
+def easy_example_weights(losses: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Online easy example mining (OEEM; Li et al., MICCAI 2022): ``(N, H, W)`` weights of the
+    pixel losses ``losses`` ``(N, H, W)``. In each image, the softmax of the negated (detached)
+    losses over its labelled pixels, times their number: mean 1, most weight on the pixels the
+    network already fits, least on those whose pseudo-label it contradicts (likely noise).
+    Unlabelled pixels weigh 0; an image whose labelled pixels all hold one target (one class,
+    or background only) keeps weight 1, as in OEEM: nothing there to tell noise from signal."""
+    labelled = (masks != IGNORE).all(1)
+    weights = labelled.to(losses.dtype)
+    for i in range(len(losses)):
+        where = labelled[i]
+        if torch.unique(masks[i][:, where], dim=1).shape[1] < 2:
+            continue
+        weights[i][where] = torch.softmax(-losses[i][where].detach(), 0) * where.sum()
+    return weights
+
+
 def _loss_fn(cfg: Mapping) -> SegmentationLoss:
-    return SegmentationLoss(cfg["dice_weight"], cfg["lovasz_weight"], cfg["bce_head_weight"])
+    return SegmentationLoss(
+        cfg["dice_weight"],
+        cfg["lovasz_weight"],
+        cfg["bce_head_weight"],
+        cfg["pixel_bce_weight"],
+        cfg["easy_example_mining"],
+    )
 
 
 def label_targets(labels: np.ndarray, k: int) -> np.ndarray:
