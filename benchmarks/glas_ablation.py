@@ -23,6 +23,13 @@ folders ``results/glas_glands_ablation_*``):
   unet        smp's U-Net instead of DeepLabV3+ (encoder from the classifier alike)
   windows     window CAMs (``cam.window_size: 64``, the patch size; Grad-CAM++)
   negatives   the untagged patches background (``negative_patches_background: true``)
+  quantile04  the preset's pseudo-masks cut at the 0.4 quantile instead of 0.5
+  band        an unlabelled band: ``background_quantile: 0.25``
+  layer2      window CAMs from ``layer2`` instead of ``layer3``
+  pixel_bce   the masks' loss a per-pixel BCE alone (no Dice, no Lovasz)
+  oeem        that BCE weighted by online easy example mining (``easy_example_mining``)
+  oeem_seed1  oeem with another segmentation seed
+  oeem_dice_lovasz  the preset's Dice and Lovasz plus that mined BCE
 Each variant also trains the segmentation network on the real masks (``<variant>_upper``,
 ``targets: ground_truth``): the supervised upper bound with the same initialisation. Variants
 that share everything upstream of the segmentation copy the finished folder and force only the
@@ -58,6 +65,9 @@ WHOLE_IMAGES = {
     "cam": {"method": "smoothgradcam++", "window_size": None, "layers": ["layer3"]},
     "pseudo_masks": {"negative_patches_background": False},
 }
+# the masks' loss a per-pixel BCE alone, plain or weighted by online easy example mining
+PIXEL_BCE = {"pixel_bce_weight": 1.0, "dice_weight": 0.0, "lovasz_weight": 0.0}
+OEEM = PIXEL_BCE | {"easy_example_mining": True}
 # preset -> variant -> (variant it copies its upstream from, or None; overrides of the preset)
 VARIANTS = {
     "glas": {
@@ -85,6 +95,16 @@ VARIANTS = {
         "unet": ("classifier", merge(WHOLE_IMAGES, {"segmentation": {"arch": "Unet"}})),
         "windows": ("classifier", merge(WHOLE_IMAGES, {"cam": WINDOWS | {"window_size": 64}})),
         "negatives": ("classifier", merge(WHOLE_IMAGES, NEGATIVES)),
+        "quantile04": ("classifier", {"pseudo_masks": {"quantile": 0.4}}),
+        "band": ("classifier", {"pseudo_masks": {"background_quantile": 0.25}}),
+        "layer2": ("classifier", {"cam": {"layers": ["layer2"]}}),
+        "pixel_bce": ("classifier", {"segmentation": PIXEL_BCE}),
+        "oeem": ("classifier", {"segmentation": OEEM}),
+        "oeem_seed1": ("classifier", {"segmentation": OEEM | {"seed": 1}}),
+        "oeem_dice_lovasz": (
+            "classifier",
+            {"segmentation": {"pixel_bce_weight": 1.0, "easy_example_mining": True}},
+        ),
     },
 }
 UPPER = {"segmentation": {"targets": "ground_truth"}}
