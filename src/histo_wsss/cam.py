@@ -77,6 +77,7 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy.special import expit
 from torch import nn
 
 from histo_wsss.batching import same_size_runs
@@ -448,7 +449,7 @@ def window_cams(
             **_cam_kwargs(cfg),
         )
         maps = maps.reshape(len(at), len(classes), *side)
-        probs = 1 / (1 + np.exp(-logits.reshape(len(at), len(classes))))
+        probs = expit(logits.reshape(len(at), len(classes)))
         for (y, x), window, prob in zip(at, maps, probs, strict=True):
             total[:, y : y + side[0], x : x + side[1]] += window * prob[:, None, None]
             count[y : y + side[0], x : x + side[1]] += 1

@@ -459,6 +459,15 @@ class SegmentationLoss(nn.Module):
             weights = easy_example_weights(losses, masks)
         return (losses * weights).sum() / labelled.sum().clamp(min=1)
 
+    def _terms(self, mask_logits, head_logits, masks, labels) -> dict:
+        """Each term's weight and a function computing it, unweighted."""
+        return {
+            "dice": (self.dice_weight, lambda: self.dice(mask_logits, masks)),
+            "lovasz": (self.lovasz_weight, lambda: self.lovasz(mask_logits, masks)),
+            "pixel_bce": (self.pixel_bce_weight, lambda: self.pixel_bce_term(mask_logits, masks)),
+            "bce_head": (self.bce_head_weight, lambda: self.bce(head_logits, labels)),
+        }
+
     def parts(
         self,
         mask_logits: torch.Tensor,
@@ -466,12 +475,8 @@ class SegmentationLoss(nn.Module):
         masks: torch.Tensor,
         labels: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        return {
-            "dice": self.dice(mask_logits, masks),
-            "lovasz": self.lovasz(mask_logits, masks),
-            "pixel_bce": self.pixel_bce_term(mask_logits, masks),
-            "bce_head": self.bce(head_logits, labels),
-        }
+        terms = self._terms(mask_logits, head_logits, masks, labels)
+        return {name: term() for name, (_, term) in terms.items()}
 
     def forward(
         self,
@@ -480,13 +485,9 @@ class SegmentationLoss(nn.Module):
         masks: torch.Tensor,
         labels: torch.Tensor,
     ) -> torch.Tensor:
-        p = self.parts(mask_logits, head_logits, masks, labels)
-        return (
-            self.dice_weight * p["dice"]
-            + self.lovasz_weight * p["lovasz"]
-            + self.pixel_bce_weight * p["pixel_bce"]
-            + self.bce_head_weight * p["bce_head"]
-        )
+        # a term of weight 0 is not computed: the Lovasz hinge sorts every pixel of the batch
+        terms = self._terms(mask_logits, head_logits, masks, labels).values()
+        return sum(weight * term() for weight, term in terms if weight)
 
 
 def easy_example_weights(losses: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
