@@ -12,7 +12,9 @@ Signals: the run's CAMs (``cam``); Grad-CAM++ of the run's classifier averaged o
 (stride half of it), times the classifier's probability on it, averaged where windows overlap
 (``cam_windows``: the workflow's ``cam.window_size``, :func:`histo_wsss.cam.window_cams`); the
 classifier's probability on sliding windows of its training patch size, stride a quarter of it
-(``window``); the distance of each layer3 feature to its 3 nearest
+(``window``); the run's CAMs averaged within each SLIC superpixel of the image (about
+``SUPERPIXEL_PX`` px each, compactness 30: ``cam_superpixels``, CAMs that follow the tissue's
+edges instead of the windows'); the distance of each layer3 feature to its 3 nearest
 features of the negative train images (``knn_to_negatives``; presets with negatives only);
 hematoxylin density (scikit-image's HED deconvolution, Gaussian sigma 8 px: ``hematoxylin``);
 the trained segmentation network's probability (``segmentation``). Also the mask's share per
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 import yaml
 from scipy import ndimage
 from skimage.color import rgb2hed
+from skimage.segmentation import slic
 from sklearn.metrics import roc_auc_score
 
 from common import REPO, report
@@ -52,6 +55,7 @@ SCALES = (0.5, 1.0, 1.5, 2.0)
 WINDOWS = {"method": "gradcam++", "n_samples": 1, "noise_sigma": 0.0, "smooth_activations": False}
 WINDOWS |= {"batch_size": 64, "seed": 0}
 HOLES = (64, 1024, 4096, 16384)
+SUPERPIXEL_PX = 300  # SLIC's mean superpixel area: 17 x 17 px, a few nuclei at half scale
 
 
 def one(folder: Path, pattern: str) -> Path:
@@ -79,6 +83,14 @@ def overlap_mean(shape: tuple[int, int], size: int, at: list, values: list) -> n
         total[y : y + size, z : z + size] += value
         count[y : y + size, z : z + size] += 1
     return total / count
+
+
+def superpixel_mean(signal: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """``signal`` averaged within each SLIC superpixel of ``rgb`` (about ``SUPERPIXEL_PX`` px)."""
+    n_segments = max(1, rgb.shape[0] * rgb.shape[1] // SUPERPIXEL_PX)
+    labels = slic(rgb, n_segments=n_segments, compactness=30, start_label=0)
+    means = np.bincount(labels.ravel(), signal.ravel()) / np.bincount(labels.ravel())
+    return means[labels].astype(np.float32)
 
 
 class Signals:
@@ -111,8 +123,10 @@ class Signals:
             for xs in (F.interpolate(x, scale_factor=s, mode="bilinear") for s in SCALES)
         ]
         probs = np.load(self.run / "segmentation" / "predictions" / "probs" / f"{name}.npy")
+        cam = np.load(one(self.run / "cam", f"cams/{name}.npy"))[0].astype(np.float32)
         signals = {
-            "cam": np.load(one(self.run / "cam", f"cams/{name}.npy"))[0].astype(np.float32),
+            "cam": cam,
+            "cam_superpixels": superpixel_mean(cam, rgb),
             "cam_multiscale": np.mean(cams, axis=0),
             "cam_windows": window_cams(
                 self.model, [self.layer], rgb, [0], self.patch, self.patch // 2, WINDOWS, name
