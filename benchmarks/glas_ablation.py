@@ -16,20 +16,25 @@ all-positive baseline and the supervised upper bound beside the weakly supervise
   windows     window CAMs (``cam.window_size: 128``, the patch size; Grad-CAM++)
 ``--preset glas_glands`` (``config/glas_glands.yaml``, every gland, the field's protocol;
 folders ``results/glas_glands_ablation_*``):
-  classifier  the preset: window CAMs outside the untagged patches (since session 13)
-  whole_images  the preset before session 13: whole-image Smooth Grad-CAM++ (``layer3``), the
-              untagged patches' CAMs kept; the variants below are made from it
+  classifier  the preset: patches every 32 px, window CAMs outside the untagged patches
+  seed1       the preset with classifier and segmentation seed 1 (another classifier run)
+  epochs6     6 classifier epochs instead of 15: as many steps as the 64-px stride's 15
+  mining      the masks' loss a per-pixel BCE weighted by online easy example mining
+  stride64    the preset of sessions 13-14: patches side by side (stride 64); the variants
+              of sessions 12-14 below are made from it, so that their rows stay reproducible
+  whole_images  stride64 before session 13: whole-image Smooth Grad-CAM++ (``layer3``), the
+              untagged patches' CAMs kept; lumens, unet, windows, negatives are made from it
   lumens      gland lumens in the tissue (``tissue_hole_px: 16384``, as config/glas.yaml)
   unet        smp's U-Net instead of DeepLabV3+ (encoder from the classifier alike)
   windows     window CAMs (``cam.window_size: 64``, the patch size; Grad-CAM++)
   negatives   the untagged patches background (``negative_patches_background: true``)
-  quantile04  the preset's pseudo-masks cut at the 0.4 quantile instead of 0.5
+  quantile04  stride64's pseudo-masks cut at the 0.4 quantile instead of 0.5
   band        an unlabelled band: ``background_quantile: 0.25``
   layer2      window CAMs from ``layer2`` instead of ``layer3``
   pixel_bce   the masks' loss a per-pixel BCE alone (no Dice, no Lovasz)
   oeem        that BCE weighted by online easy example mining (``easy_example_mining``)
   oeem_seed1  oeem with another segmentation seed
-  oeem_dice_lovasz  the preset's Dice and Lovasz plus that mined BCE
+  oeem_dice_lovasz  stride64's Dice and Lovasz plus that mined BCE
 Each variant also trains the segmentation network on the real masks (``<variant>_upper``,
 ``targets: ground_truth``): the supervised upper bound with the same initialisation. Variants
 that share everything upstream of the segmentation copy the finished folder and force only the
@@ -59,9 +64,12 @@ from common import REPO, copy_once, merge, report, run_variant
 # twice as much per window) and the untagged patches as background (docs/pseudo_masks.md).
 WINDOWS = {"method": "gradcam++", "window_stride": None}
 NEGATIVES = {"pseudo_masks": {"negative_patches_background": True}}
-# config/glas_glands.yaml before session 13: whole-image Smooth Grad-CAM++, no untagged patches;
-# its variants of sessions 12-13 are made from it, so that their rows stay reproducible
-WHOLE_IMAGES = {
+# config/glas_glands.yaml of sessions 13-14: patches side by side; the variants of sessions 12-14
+# are made from it
+STRIDE64 = {"patches": {"stride": 64}}
+# stride64 before session 13: whole-image Smooth Grad-CAM++, no untagged patches; its variants
+# of sessions 12-13 are made from it, so that their rows stay reproducible
+WHOLE_IMAGES = STRIDE64 | {
     "cam": {"method": "smoothgradcam++", "window_size": None, "layers": ["layer3"]},
     "pseudo_masks": {"negative_patches_background": False},
 }
@@ -90,20 +98,24 @@ VARIANTS = {
     },
     "glas_glands": {
         "classifier": (None, {}),
-        "whole_images": ("classifier", WHOLE_IMAGES),
+        "seed1": (None, {"classifier": {"seed": 1}, "segmentation": {"seed": 1}}),
+        "epochs6": (None, {"classifier": {"epochs": 6}}),
+        "mining": ("classifier", {"segmentation": OEEM}),
+        "stride64": (None, STRIDE64),
+        "whole_images": ("stride64", WHOLE_IMAGES),
         "lumens": (None, merge(WHOLE_IMAGES, {"stain": {"tissue_hole_px": 16384}})),
-        "unet": ("classifier", merge(WHOLE_IMAGES, {"segmentation": {"arch": "Unet"}})),
-        "windows": ("classifier", merge(WHOLE_IMAGES, {"cam": WINDOWS | {"window_size": 64}})),
-        "negatives": ("classifier", merge(WHOLE_IMAGES, NEGATIVES)),
-        "quantile04": ("classifier", {"pseudo_masks": {"quantile": 0.4}}),
-        "band": ("classifier", {"pseudo_masks": {"background_quantile": 0.25}}),
-        "layer2": ("classifier", {"cam": {"layers": ["layer2"]}}),
-        "pixel_bce": ("classifier", {"segmentation": PIXEL_BCE}),
-        "oeem": ("classifier", {"segmentation": OEEM}),
-        "oeem_seed1": ("classifier", {"segmentation": OEEM | {"seed": 1}}),
+        "unet": ("stride64", merge(WHOLE_IMAGES, {"segmentation": {"arch": "Unet"}})),
+        "windows": ("stride64", merge(WHOLE_IMAGES, {"cam": WINDOWS | {"window_size": 64}})),
+        "negatives": ("stride64", merge(WHOLE_IMAGES, NEGATIVES)),
+        "quantile04": ("stride64", STRIDE64 | {"pseudo_masks": {"quantile": 0.4}}),
+        "band": ("stride64", STRIDE64 | {"pseudo_masks": {"background_quantile": 0.25}}),
+        "layer2": ("stride64", STRIDE64 | {"cam": {"layers": ["layer2"]}}),
+        "pixel_bce": ("stride64", STRIDE64 | {"segmentation": PIXEL_BCE}),
+        "oeem": ("stride64", STRIDE64 | {"segmentation": OEEM}),
+        "oeem_seed1": ("stride64", STRIDE64 | {"segmentation": OEEM | {"seed": 1}}),
         "oeem_dice_lovasz": (
-            "classifier",
-            {"segmentation": {"pixel_bce_weight": 1.0, "easy_example_mining": True}},
+            "stride64",
+            STRIDE64 | {"segmentation": {"pixel_bce_weight": 1.0, "easy_example_mining": True}},
         ),
     },
 }
