@@ -18,7 +18,7 @@ all-positive baseline and the supervised upper bound beside the weakly supervise
 folders ``results/glas_glands_ablation_*``):
   classifier  the preset: patches every 32 px, window CAMs outside the untagged patches
   seed1       the preset with classifier and segmentation seed 1 (another classifier run)
-  epochs6     6 classifier epochs instead of 15: as many steps as the 64-px stride's 15
+  epochs6     6 classifier epochs instead of 15: about the steps of stride 64 (936, not 855)
   mining      the masks' loss a per-pixel BCE weighted by online easy example mining
   stride64    the preset of sessions 13-14: patches side by side (stride 64); the variants
               of sessions 12-14 below are made from it, so that their rows stay reproducible
